@@ -1,0 +1,194 @@
+"""Continual learning: diffusion with self-rehearsal, classifier training on mixed batches, replay
+generation and evaluation. Methods are data — which replay a classifier sees and what guides it.
+
+These functions are the whole algorithm; the pipeline's stages only load inputs, call them and write
+outputs. Nothing here knows about files, DVC, Prefect or wandb.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from guide.diffusion import EMA, NoiseSchedule, epsilon_loss
+from guide.guidance import draw_scales, make_guidance
+from guide.samplers import Callback, sample
+
+
+@dataclass(frozen=True)
+class Method:
+    """What a continual-learning method replays to its classifier and how that replay is guided."""
+
+    name: str
+    replay: str  # "generated": samples of old classes from diffusion(t−1); "real": old real data; "none"
+    guidance: str  # "new" (GUIDE), "old" (DDGR-style) or "none"
+
+    @property
+    def uses_diffusion(self) -> bool:
+        return self.replay == "generated"
+
+
+METHODS = {
+    "guide": Method("guide", "generated", "new"),  # replay steered toward the current task's classes
+    "gr": Method("gr", "generated", "none"),  # the same replay, unguided ("DGR diffusion")
+    "ddgr": Method("ddgr", "generated", "old"),  # steered toward the conditioned old class
+    "finetune": Method("finetune", "none", "none"),  # no replay: the lower bound
+    "joint": Method("joint", "real", "none"),  # all real data so far: the upper bound
+}
+
+
+def spread_labels(n: int, classes: Sequence[int]) -> Tensor:
+    """n labels spread evenly over `classes` (cycling in order, so counts differ by at most one)."""
+    classes = torch.as_tensor(list(classes), dtype=torch.long)
+    return classes[torch.arange(n) % len(classes)]
+
+
+def fork_seed(generator: torch.Generator) -> int:
+    """A fresh seed drawn from a generator, for libraries that only use the global RNG."""
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+
+
+# --- diffusion ---------------------------------------------------------------------------------
+def train_diffusion(model: nn.Module, ema: EMA, schedule: NoiseSchedule, x: Tensor, y: Tensor, *,
+                    steps: int, batch_size: int, lr: float, weight_decay: float = 0.0,
+                    hflip: bool = True, generator: torch.Generator,
+                    callback: Callable[[int, float], None] | None = None) -> list[float]:
+    """Train the ε-network on (x, y) — real task data and rehearsal together, shuffled — with AdamW
+    and an EMA of the weights. Returns the per-step losses."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    model.train()
+    losses = []
+    for step in range(steps):
+        idx = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=generator)
+        xb, yb = x[idx], y[idx]
+        if hflip:
+            flip = torch.rand(len(xb), generator=generator) < 0.5
+            xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+        loss = epsilon_loss(model, schedule, xb, yb, generator)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        ema.update(model)
+        losses.append(float(loss))
+        if callback is not None:
+            callback(step + 1, losses[-1])
+    return losses
+
+
+def generate(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, *, batch_size: int,
+             sampler: str = "ddim", eta: float = 0.0, generator: torch.Generator,
+             guidance_for: Callable[[Tensor, torch.Generator], object] | None = None,
+             callback: Callback | None = None) -> tuple[Tensor, Tensor]:
+    """Sample one image per label from the class-conditional model, in batches.
+
+    `guidance_for(labels_of_batch, generator)` builds the guidance of one batch (or returns None).
+    Returns the images and, per image, the class the guidance aimed at (−1 when unguided).
+    """
+    model.eval()
+    images, targets = [], []
+    shape = (model.in_channels, model.image_size, model.image_size)
+    for start in range(0, len(labels), batch_size):
+        yb = labels[start : start + batch_size]
+        noise = torch.randn((len(yb), *shape), generator=generator)
+        guidance = guidance_for(yb, generator) if guidance_for is not None else None
+        images.append(sample(model, schedule, noise, yb, sampler=sampler, eta=eta, guidance=guidance,
+                             generator=generator, callback=callback).clamp(-1, 1))
+        last = getattr(guidance, "last_target", None)
+        targets.append(last if last is not None else torch.full_like(yb, -1))
+    return torch.cat(images), torch.cat(targets)
+
+
+def replay_guidance(method: Method, *, classifier: nn.Module | None, prev_classifier: nn.Module | None,
+                    scale_min: float, scale_max: float, num_seen: int, num_old: int,
+                    current: range) -> Callable[[Tensor, torch.Generator], object] | None:
+    """The per-batch guidance factory of a method's replay (None for unguided replay)."""
+    if method.guidance == "none":
+        return None
+    guide_by = classifier if method.guidance == "new" else prev_classifier
+    seen = num_seen if method.guidance == "new" else num_old
+    if guide_by is not None:
+        guide_by.eval()
+
+    def factory(labels: Tensor, generator: torch.Generator):
+        scales = draw_scales(len(labels), scale_min, scale_max, generator)
+        return make_guidance(method.guidance, guide_by, scales, seen, current)
+
+    return factory
+
+
+# --- classifier --------------------------------------------------------------------------------
+def mixed_batch_sizes(batch_size: int, task: int, replay: bool) -> tuple[int, int]:
+    """(real, replay) images per step: B/(t+1) real task-t images and B·t/(t+1) replay images."""
+    if not replay or task == 0:
+        return batch_size, 0
+    real = max(1, round(batch_size / (task + 1)))
+    return real, batch_size - real
+
+
+def linear_lr(lr: float, step: int, total_steps: int) -> float:
+    """The learning rate decayed linearly to zero over the task."""
+    return lr * max(0.0, 1.0 - step / max(1, total_steps))
+
+
+ReplaySource = Callable[[int], tuple[Tensor, Tensor]]  # global step -> bank of replay (x, y)
+
+
+def train_classifier(classifier: nn.Module, optimizer: torch.optim.Optimizer, real_x: Tensor,
+                     real_y: Tensor, *, steps: range, total_steps: int, batch_size: int, lr: float,
+                     num_seen: int, task: int, replay: ReplaySource | None = None,
+                     augment: Callable[[Tensor], Tensor] | None = None, generator: torch.Generator,
+                     callback: Callable[[int, float], None] | None = None) -> list[float]:
+    """Train over the global steps `steps` of a task of `total_steps` (so a task can be cut into
+    rounds). Each step mixes real task images with replay drawn from `replay(step)`; the loss is
+    cross-entropy over the logits of the `num_seen` classes seen so far."""
+    n_real, n_replay = mixed_batch_sizes(batch_size, task, replay is not None)
+    classifier.train()
+    losses = []
+    for step in steps:
+        for group in optimizer.param_groups:
+            group["lr"] = linear_lr(lr, step, total_steps)
+        idx = torch.randint(0, len(real_x), (n_real,), generator=generator)
+        xb, yb = real_x[idx], real_y[idx]
+        if n_replay:
+            bank_x, bank_y = replay(step)
+            ridx = _draw(len(bank_x), n_replay, generator)
+            xb, yb = torch.cat([xb, bank_x[ridx]]), torch.cat([yb, bank_y[ridx]])
+        if augment is not None:
+            xb = augment(xb)
+        loss = F.cross_entropy(classifier(xb)[:, :num_seen], yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+        if callback is not None:
+            callback(step + 1, losses[-1])
+    return losses
+
+
+def _draw(n: int, k: int, generator: torch.Generator) -> Tensor:
+    """k indices from range(n): a permutation when k ≤ n (a bank of one batch is used whole)."""
+    if k <= n:
+        return torch.randperm(n, generator=generator)[:k]
+    return torch.randint(0, n, (k,), generator=generator)
+
+
+def make_optimizer(classifier: nn.Module, lr: float, momentum: float = 0.9,
+                   weight_decay: float = 5e-4) -> torch.optim.SGD:
+    return torch.optim.SGD(classifier.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+@torch.no_grad()
+def evaluate(classifier: nn.Module, x: Tensor, y: Tensor, tasks: Sequence[Sequence[int]],
+             num_seen: int, batch_size: int = 500) -> list[float]:
+    """Accuracy on each task's test images, predicting among the `num_seen` classes seen so far."""
+    classifier.eval()
+    preds = torch.cat([classifier(x[i : i + batch_size])[:, :num_seen].argmax(1)
+                       for i in range(0, len(x), batch_size)])
+    out = []
+    for classes in tasks:
+        mask = torch.isin(y, torch.as_tensor(list(classes)))
+        out.append(float((preds[mask] == y[mask]).float().mean()))
+    return out

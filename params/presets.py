@@ -1,0 +1,77 @@
+"""Presets: overrides on top of the schema's defaults. `python -m params --preset NAME` writes a full
+params.yaml. The five reference benchmarks follow the reference README's run settings."""
+from __future__ import annotations
+
+from params.io import params_from_dict
+from params.schema import Params
+
+# The reference UNet for 32×32 CIFAR (52,537,849 parameters with 10 classes).
+_REFERENCE_UNET = dict(model_channels=128, num_res_blocks=3, channel_mult=[1, 2, 2, 2],
+                       attention_resolutions=[16, 8], num_heads=4, dropout=0.1,
+                       class_cond="concat_time_1hot", use_scale_shift_norm=True)
+
+
+def _reference(dataset: str, tasks: int, diff_steps: tuple[int, int], rehearsal: int, scale: float,
+               replay_respacing: str, lr: tuple[float, float], cls_steps: tuple[int, int],
+               interval: int) -> dict:
+    """A CIFAR benchmark as the reference runs it: guidance regenerated inside the classifier loop."""
+    return {
+        "run": {"device": "auto"},
+        "data": {"dataset": dataset, "num_tasks": tasks},
+        "diffusion": {"unet": _REFERENCE_UNET, "steps_first": diff_steps[0], "steps_later": diff_steps[1],
+                      "batch_size": 256, "lr": 2e-4, "ema_decay": 0.9999, "hflip": True},
+        "rehearsal": {"per_task": rehearsal, "sampler": "ddpm", "respacing": "", "batch_size": 250},
+        "replay": {"sampler": "ddim", "respacing": replay_respacing, "rounds": 1},
+        "guidance": {"scale": scale, "mode": "online"},
+        "classifier": {"arch": "resnet18", "lr_first": lr[0], "lr_later": lr[1], "steps_first": cls_steps[0],
+                       "steps_later": cls_steps[1], "interval": interval, "batch_size": 256,
+                       "augmentation": "reference"},
+    }
+
+
+_OVERRIDES: dict[str, dict] = {
+    # The default run: MNIST-5k in 5 tasks of 2 classes, sized for a 2-core CPU.
+    "mnist5k": {},
+    # Synthetic data, 2 tasks, tiny models: the whole `dvc repro` takes a minute or two on 2 cores.
+    "smoke": {
+        "data": {"dataset": "synthetic", "num_tasks": 2},
+        "diffusion": {"unet": {"model_channels": 16, "num_res_blocks": 1, "channel_mult": [1, 2],
+                               "attention_resolutions": [], "dropout": 0.0},
+                      "num_timesteps": 100, "steps_first": 30, "steps_later": 30, "batch_size": 32,
+                      "lr": 1e-3, "ema_decay": 0.9},
+        "rehearsal": {"per_task": 16, "respacing": "ddim5", "batch_size": 32},
+        "replay": {"respacing": "ddim5", "rounds": 2, "batch_size": 32},
+        "classifier": {"steps_first": 20, "steps_later": 20, "batch_size": 32, "interval": 5,
+                       "lr_first": 0.05, "lr_later": 0.01, "augmentation": "none"},
+        "evaluate": {"grid_images": 4},
+    },
+    "fashion_mnist5": {"data": {"dataset": "fashion_mnist", "root": "/usr/share/datasets/fashion-mnist"}},
+    "cifar10_2": _reference("cifar10", 2, (100_000, 100_000), 25_000, 0.2, "ddim50", (0.1, 0.01), (5000, 2000), 1),
+    "cifar10_5": _reference("cifar10", 5, (100_000, 50_000), 10_000, 0.5, "ddim50", (0.1, 0.01), (5000, 2000), 5),
+    "cifar100_5": _reference("cifar100", 5, (100_000, 50_000), 10_000, 0.5, "ddim100", (0.1, 0.05), (10000, 2000), 10),
+    "cifar100_10": _reference("cifar100", 10, (100_000, 100_000), 5_000, 1.0, "ddim100", (0.1, 0.05), (10000, 2000), 10),
+}
+_OVERRIDES["imagenet100_64_5"] = _reference("imagenet100_64", 5, (100_000, 50_000), 26_000, 1.0, "ddim50",
+                                            (0.1, 0.001), (20000, 20000), 15)
+_OVERRIDES["imagenet100_64_5"]["diffusion"].update(
+    unet={**_REFERENCE_UNET, "model_channels": 192, "channel_mult": [1, 2, 3, 4], "attention_resolutions": [32, 16, 8]},
+    batch_size=100, lr=1e-4)
+_OVERRIDES["imagenet100_64_5"]["rehearsal"].update(sampler="ddim", respacing="ddim250")
+_OVERRIDES["imagenet100_64_5"]["classifier"]["augmentation"] = "none"
+
+PRESETS = tuple(_OVERRIDES)
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def preset(name: str, **overrides: dict) -> Params:
+    """The named preset, with optional further group overrides (e.g. run={"method": "gr"})."""
+    if name not in _OVERRIDES:
+        raise ValueError(f"preset {name!r}: expected one of {', '.join(PRESETS)}")
+    raw = _merge(_merge(Params().model_dump(mode="json"), _OVERRIDES[name]), overrides)
+    return params_from_dict(raw, f"preset {name}")

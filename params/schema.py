@@ -1,0 +1,177 @@
+"""Typed params: one pydantic model per params.yaml group; unknown keys are rejected.
+
+Structural params decide which stages exist (number of tasks, rounds, the method, the guidance mode,
+whether the last diffusion task is trained); changing one needs `python -m pipeline.render`. All
+other params are read by the stages at run time.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+
+
+
+class Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Run(Group):
+    method: Literal["guide", "gr", "ddgr", "finetune", "joint"] = "guide"  # structural
+    seed: int = 0  # every generator is seeded from this
+    device: Literal["cpu", "cuda", "auto"] = "cpu"  # "auto" takes a GPU when there is one
+    threads: int = Field(0, ge=0)  # torch CPU threads; 0 keeps torch's default
+
+
+class Synthetic(Group):
+    num_classes: PositiveInt = 4
+    image_size: PositiveInt = 16
+    channels: Literal[1, 3] = 1
+    train_per_class: PositiveInt = 64
+    test_per_class: PositiveInt = 16
+
+
+class Data(Group):
+    dataset: Literal["mnist5k", "fashion_mnist", "cifar10", "cifar100", "imagenet100_64", "synthetic"] = "mnist5k"
+    root: str = "data"  # where cifar10/cifar100/imagenet100_64/fashion_mnist files live (never downloaded)
+    image_size: PositiveInt | None = None  # resize every image to this size (None: native size)
+    num_tasks: PositiveInt = 5  # structural
+    first_task_classes: PositiveInt | None = None  # a larger first task (None: all tasks equal)
+    class_order_seed: int | None = None  # None: classes in natural order
+    synthetic: Synthetic = Synthetic()  # used only when dataset is "synthetic"
+
+
+class UNetParams(Group):
+    model_channels: PositiveInt = 32
+    num_res_blocks: PositiveInt = 1
+    channel_mult: tuple[PositiveInt, ...] = (1, 2, 2)
+    attention_resolutions: tuple[PositiveInt, ...] = (7,)
+    num_heads: PositiveInt = 4
+    num_head_channels: int = -1  # > 0 sets heads by channel width instead of num_heads
+    dropout: float = Field(0.1, ge=0, lt=1)
+    class_cond: Literal["concat_time_1hot", "add_time_learned", "none"] = "concat_time_1hot"
+    use_scale_shift_norm: bool = True
+    resblock_updown: bool = False
+    use_new_attention_order: bool = False
+
+
+class Diffusion(Group):
+    unet: UNetParams = UNetParams()
+    schedule: Literal["linear", "cosine"] = "linear"
+    num_timesteps: PositiveInt = 1000  # T of the forward process
+    steps_first: PositiveInt = 1000  # training steps on task 0
+    steps_later: PositiveInt = 1000  # training steps on each later task
+    batch_size: PositiveInt = 64
+    lr: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    ema_decay: float = Field(0.9999, ge=0, le=1)
+    hflip: bool = False  # horizontal-flip augmentation (the reference's default for CIFAR: true)
+    train_last_task: bool = True  # structural: diffusion(T−1) feeds no classifier, but the reference trains it
+
+
+class Sampling(Group):
+    sampler: Literal["ddim", "ddpm"] = "ddim"
+    respacing: str = "ddim20"  # "ddimN" (DDIM stride) or section counts like "250" / "10,20"
+    eta: float = Field(0.0, ge=0)
+    batch_size: PositiveInt = 100  # images per sampling batch
+
+
+class Rehearsal(Sampling):
+    per_task: int = Field(500, ge=0)  # unguided samples per old task for diffusion self-rehearsal
+
+
+class Replay(Sampling):
+    rounds: PositiveInt = 2  # structural: classifier training of task t ≥ 1 is cut into this many rounds
+
+
+class Guidance(Group):
+    scale: float = Field(0.5, ge=0)  # s, or the lower end of U[s, scale_max]
+    scale_max: float | None = Field(None, ge=0)  # None: every sample uses `scale`
+    mode: Literal["rounds", "online"] = "rounds"  # structural: "online" regenerates inside the classifier stage
+    clip_x0: bool = True  # clip x̂₀ to [−1, 1] before the classifier sees it
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.scale_max is not None and self.scale_max < self.scale:
+            raise ValueError(f"scale_max={self.scale_max} is below scale={self.scale}")
+        return self
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        return self.scale, self.scale if self.scale_max is None else self.scale_max
+
+
+class Classifier(Group):
+    arch: Literal["resnet18", "small_cnn"] = "small_cnn"
+    steps_first: PositiveInt = 500
+    steps_later: PositiveInt = 500
+    lr_first: float = Field(0.1, gt=0)
+    lr_later: float = Field(0.01, gt=0)
+    batch_size: PositiveInt = 64
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    interval: PositiveInt = 5  # replay is regenerated every `interval` steps (the reference's setting)
+    augmentation: Literal["reference", "digits", "none"] = "digits"
+
+
+class Evaluate(Group):
+    batch_size: PositiveInt = 500
+    grid_images: PositiveInt = 8  # old-class images per replay grid (guided vs unguided, same noise)
+
+
+class Tracking(Group):
+    wandb: Literal["disabled", "offline", "online"] = "disabled"  # never online unless asked
+    project: str = "guide"
+    group: str | None = None  # wandb group; None: the DVC experiment name or "default"
+
+
+class Params(Group):
+    run: Run = Run()
+    data: Data = Data()
+    diffusion: Diffusion = Diffusion()
+    rehearsal: Rehearsal = Rehearsal(respacing="ddim50")
+    replay: Replay = Replay()
+    guidance: Guidance = Guidance()
+    classifier: Classifier = Classifier()
+    evaluate: Evaluate = Evaluate()
+    tracking: Tracking = Tracking()
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        n = self.num_classes
+        d = self.data
+        first = d.first_task_classes
+        if first is None:
+            if n % d.num_tasks:
+                raise ValueError(f"data.num_tasks: {n} classes cannot be split into {d.num_tasks} equal tasks")
+        else:
+            if d.num_tasks < 2 or first >= n or (n - first) % (d.num_tasks - 1):
+                raise ValueError(f"data.first_task_classes: {first} first-task classes leave {n - first} "
+                                 f"that cannot be split into {d.num_tasks - 1} equal tasks")
+        if self.classifier.steps_later % self.replay.rounds:
+            raise ValueError(f"replay.rounds: classifier.steps_later={self.classifier.steps_later} is not "
+                             f"divisible by {self.replay.rounds} rounds")
+        return self
+
+    @property
+    def num_classes(self) -> int:
+        known = {"mnist5k": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "imagenet100_64": 100}
+        return known.get(self.data.dataset, self.data.synthetic.num_classes)
+
+    def structure(self) -> dict:
+        """The params that decide which stages exist."""
+        return {
+            "num_tasks": self.data.num_tasks,
+            "method": self.run.method,
+            "rounds": self.replay.rounds,
+            "guidance_mode": self.guidance.mode,
+            "train_last_task": self.diffusion.train_last_task,
+        }
+
+    def structure_key(self) -> str:
+        return hashlib.sha256(json.dumps(self.structure(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+STRUCTURAL_KEYS = ("data.num_tasks", "run.method", "replay.rounds", "guidance.mode", "diffusion.train_last_task")
