@@ -72,7 +72,7 @@ def train_diffusion(model: nn.Module, ema: EMA, schedule: NoiseSchedule, x: Tens
         loss.backward()
         opt.step()
         ema.update(model)
-        losses.append(float(loss))
+        losses.append(loss.item())
         if callback is not None:
             callback(step + 1, losses[-1])
     return losses
@@ -80,11 +80,11 @@ def train_diffusion(model: nn.Module, ema: EMA, schedule: NoiseSchedule, x: Tens
 
 def generate(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, *, batch_size: int,
              sampler: str = "ddim", eta: float = 0.0, generator: torch.Generator,
-             guidance_for: Callable[[Tensor, torch.Generator], object] | None = None,
+             guidance_for: Callable[[Tensor], object] | None = None,
              callback: Callback | None = None) -> tuple[Tensor, Tensor]:
     """Sample one image per label from the class-conditional model, in batches.
 
-    `guidance_for(labels_of_batch, generator)` builds the guidance of one batch (or returns None).
+    `guidance_for(labels_of_batch)` builds the guidance of one batch (or returns None).
     Returns the images and, per image, the class the guidance aimed at (−1 when unguided).
     """
     model.eval()
@@ -93,7 +93,7 @@ def generate(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, *, batch
     for start in range(0, len(labels), batch_size):
         yb = labels[start : start + batch_size]
         noise = torch.randn((len(yb), *shape), generator=generator)
-        guidance = guidance_for(yb, generator) if guidance_for is not None else None
+        guidance = guidance_for(yb) if guidance_for is not None else None
         images.append(sample(model, schedule, noise, yb, sampler=sampler, eta=eta, guidance=guidance,
                              generator=generator, callback=callback).clamp(-1, 1))
         last = getattr(guidance, "last_target", None)
@@ -103,8 +103,10 @@ def generate(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, *, batch
 
 def replay_guidance(method: Method, *, classifier: nn.Module | None, prev_classifier: nn.Module | None,
                     scale_min: float, scale_max: float, num_seen: int, num_old: int,
-                    current: range) -> Callable[[Tensor, torch.Generator], object] | None:
-    """The per-batch guidance factory of a method's replay (None for unguided replay)."""
+                    current: range, generator: torch.Generator) -> Callable[[Tensor], object] | None:
+    """The per-batch guidance factory of a method's replay (None for unguided replay). Scales are
+    drawn from `generator`, kept apart from the sampling noise so guided and unguided replay from
+    the same seed share their noise."""
     if method.guidance == "none":
         return None
     guide_by = classifier if method.guidance == "new" else prev_classifier
@@ -112,7 +114,7 @@ def replay_guidance(method: Method, *, classifier: nn.Module | None, prev_classi
     if guide_by is not None:
         guide_by.eval()
 
-    def factory(labels: Tensor, generator: torch.Generator):
+    def factory(labels: Tensor):
         scales = draw_scales(len(labels), scale_min, scale_max, generator)
         return make_guidance(method.guidance, guide_by, scales, seen, current)
 
@@ -162,7 +164,7 @@ def train_classifier(classifier: nn.Module, optimizer: torch.optim.Optimizer, re
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if callback is not None:
             callback(step + 1, losses[-1])
     return losses

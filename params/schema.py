@@ -160,6 +160,11 @@ class Params(Group):
         known = {"mnist5k": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "imagenet100_64": 100}
         return known.get(self.data.dataset, self.data.synthetic.num_classes)
 
+    def classifier_rounds(self, task: int) -> int:
+        """Rounds of task t's classifier training: R for guided-replay tasks in rounds mode, else 1."""
+        generated = self.run.method in ("guide", "gr", "ddgr")
+        return self.replay.rounds if task > 0 and generated and self.guidance.mode == "rounds" else 1
+
     def structure(self) -> dict:
         """The params that decide which stages exist."""
         return {

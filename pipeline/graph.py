@@ -1,0 +1,108 @@
+"""The task graph, unrolled from the typed params: a list of stages (name, command, dependencies,
+params, outputs). `dvc.yaml` (pipeline.render) and the Prefect flow (pipeline.flow) are both made
+from this one list.
+
+Per task t: rehearsal-t{t} (t ≥ 1) → diffusion-t{t}; replay-t{t}-r{r} → classifier-t{t}-r{r} for
+r = 0 … R−1 (guided-replay methods in rounds mode; otherwise one classifier-t{t}); evaluate-t{t};
+then report. Every stage depends on check-graph, which stops the run when params.yaml's structure
+no longer matches the rendered graph.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from guide.continual import METHODS
+from params import STRUCTURAL_KEYS, Params
+from stages import paths
+
+CORE = "guide"  # the core package: a code change reruns what uses it
+SEED = "run.seed"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    kind: str  # the stage module: python -m stages.<kind>
+    args: tuple[str, ...] = ()
+    deps: tuple[str, ...] = ()
+    params: tuple[str, ...] = ()  # params.yaml groups or keys the stage reads
+    outs: tuple[str, ...] = ()
+    metrics: tuple[str, ...] = ()  # outputs not cached, shown by `dvc metrics show`
+    plots: tuple[str, ...] = ()  # outputs not cached, images a person looks at
+    upstream: tuple[str, ...] = field(default=(), compare=False)  # names of the stages it waits for
+
+    @property
+    def cmd(self) -> str:
+        return " ".join(["python -m", f"stages.{self.kind}", *self.args])
+
+    @property
+    def outputs(self) -> tuple[str, ...]:
+        return self.outs + self.metrics + self.plots
+
+
+def build_graph(p: Params) -> list[Stage]:
+    """The stages of the run that `p` describes, in a topological order."""
+    method = METHODS[p.run.method]
+    T = p.data.num_tasks
+    stages: list[Stage] = []
+    by_out: dict[str, str] = {}
+
+    def add(name: str, kind: str, task: int | None = None, round: int | None = None, deps=(), params=(),
+            outs=(), metrics=(), plots=()) -> None:
+        args = ([f"--task {task}"] if task is not None else []) + ([f"--round {round}"] if round is not None else [])
+        deps = (paths.GRAPH_OK, CORE, f"stages/{kind}.py", "stages/common.py", *deps)
+        upstream = tuple(dict.fromkeys(by_out[d] for d in deps if d in by_out))
+        st = Stage(name, kind, tuple(args), tuple(deps), tuple(params), tuple(outs), tuple(metrics), tuple(plots),
+                   upstream)
+        stages.append(st)
+        for o in st.outputs:
+            by_out[o] = name
+
+    # first, the guard: its command carries the structure key the graph was rendered for
+    stages.append(Stage("check-graph", "check_graph", (f"--structure {p.structure_key()}",),
+                        ("stages/check_graph.py",), STRUCTURAL_KEYS, (paths.GRAPH_OK,)))
+    by_out[paths.GRAPH_OK] = "check-graph"
+    diffusion_params = (SEED, "data", "diffusion")
+
+    # the diffusion branch: only as far as some classifier (or the reference's last task) needs it
+    if method.uses_diffusion:
+        last = T if p.diffusion.train_last_task else T - 1
+        for t in range(last):
+            if t > 0:
+                add(f"rehearsal-t{t}", "rehearsal", t, deps=(paths.diffusion(t - 1),),
+                    params=(*diffusion_params, "rehearsal"), outs=(paths.rehearsal(t),))
+                add(f"diffusion-t{t}", "diffusion", t, deps=(paths.diffusion(t - 1), paths.rehearsal(t)),
+                    params=(*diffusion_params, "rehearsal.per_task"), outs=(paths.diffusion(t),))
+            else:
+                add("diffusion-t0", "diffusion", 0, params=diffusion_params, outs=(paths.diffusion(0),))
+
+    # the classifier branch
+    cls_params = (SEED, "run.method", "data", "classifier")
+    replay_params = (*cls_params, "diffusion", "replay", "guidance")
+    for t in range(T):
+        rounds = p.classifier_rounds(t)
+        prev = [paths.classifier(t - 1, p.classifier_rounds(t - 1) - 1)] if t > 0 else []
+        generated = method.uses_diffusion and t > 0
+        for r in range(rounds):
+            suffix = f"-r{r}" if rounds > 1 else ""
+            init = [paths.classifier(t, r - 1)] if r > 0 else prev
+            deps, params, outs = list(init), cls_params, [paths.classifier(t, r)]
+            if generated and p.guidance.mode == "rounds":
+                guide_by = init if method.guidance == "new" else prev if method.guidance == "old" else []
+                add(f"replay-t{t}{suffix}", "replay", t, r, deps=(paths.diffusion(t - 1), *guide_by),
+                    params=replay_params, outs=(paths.replay(t, r),),
+                    plots=(paths.replay_grid(t),) if r == 0 and method.guidance != "none" else ())
+                deps.append(paths.replay(t, r))
+            elif generated:  # online: the classifier stage samples its own replay
+                deps.append(paths.diffusion(t - 1))
+                params = replay_params
+                outs.append(paths.replay(t, None))
+            add(f"classifier-t{t}{suffix}", "classifier", t, r, deps=deps, params=params, outs=outs,
+                plots=(paths.replay_grid(t),) if generated and p.guidance.mode == "online" else ())
+        add(f"evaluate-t{t}", "evaluate", t, deps=(paths.classifier(t, rounds - 1),),
+            params=(SEED, "data", "classifier.arch", "evaluate.batch_size"), outs=(paths.evaluation(t),))
+
+    add("report", "report", deps=tuple(paths.evaluation(t) for t in range(T)),
+        params=(SEED, "run.method", "data.dataset", "data.num_tasks", "tracking"),
+        outs=(paths.ACCURACY_CSV,), metrics=(paths.SUMMARY,), plots=(paths.ACCURACY_PNG,))
+    return stages

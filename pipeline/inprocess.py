@@ -1,0 +1,33 @@
+"""Run the whole graph in one Python process, stage after stage, with no DVC and no caching — the
+quickest way to try params, and what the end-to-end tests use.
+
+    python -m pipeline.inprocess            # in the current folder, from its params.yaml
+"""
+from __future__ import annotations
+
+import importlib
+import shlex
+import sys
+
+from params import load_params
+from pipeline.graph import Stage, build_graph
+
+
+def run_stage_in_process(st: Stage) -> None:
+    module = importlib.import_module(f"stages.{st.kind}")
+    code = module.main(shlex.split(" ".join(st.args)))
+    if code:
+        raise RuntimeError(f"stage {st.name} ({st.cmd}) exited with {code}")
+
+
+def run_all(params_path: str = "params.yaml") -> list[str]:
+    """Runs every stage in order in the current folder; returns their names."""
+    stages = build_graph(load_params(params_path))
+    for st in stages:
+        run_stage_in_process(st)
+    return [st.name for st in stages]
+
+
+if __name__ == "__main__":
+    run_all()
+    sys.exit(0)

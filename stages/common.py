@@ -1,0 +1,188 @@
+"""What every stage shares: argument parsing, params loading with exit code 2 on bad input, seeding,
+the dataset of the run, model construction and checkpoint loading, progress bars and tracking."""
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+import zlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from guide.data import DatasetNotFoundError, ImageDataset, load_dataset, relabel, task_classes
+from guide.diffusion import EMA, NoiseSchedule
+from guide.models import UNet, build_classifier
+from params import Params, ParamsError, load_params
+from stages import paths
+
+
+@dataclass
+class Context:
+    """One stage invocation: its params, which task and round it is for, and derived facts."""
+
+    kind: str
+    params: Params
+    task: int
+    round: int
+
+    @functools.cached_property
+    def device(self) -> torch.device:
+        want = self.params.run.device
+        if want == "auto":
+            want = "cuda" if torch.cuda.is_available() else "cpu"
+        return torch.device(want)
+
+    def generator(self, purpose: str = "") -> torch.Generator:
+        """A CPU generator seeded from (run.seed, stage kind, task, round, purpose)."""
+        key = f"{self.params.run.seed}/{self.kind}/{self.task}/{self.round}/{purpose}"
+        return torch.Generator().manual_seed(zlib.crc32(key.encode()))
+
+    @functools.cached_property
+    def tasks(self) -> list[range]:
+        """Each task's classes, as contiguous label ranges after relabelling to the class order."""
+        out, start = [], 0
+        for classes in self.class_order_by_task:
+            out.append(range(start, start + len(classes)))
+            start += len(classes)
+        return out
+
+    @functools.cached_property
+    def class_order_by_task(self) -> list[list[int]]:
+        d = self.params.data
+        return task_classes(self.params.num_classes, d.num_tasks, d.first_task_classes, d.class_order_seed)
+
+    @functools.cached_property
+    def data(self) -> ImageDataset:
+        d = self.params.data
+        if d.dataset == "synthetic":  # generated at data.synthetic.image_size
+            ds = load_dataset("synthetic", **d.synthetic.model_dump())
+        else:
+            ds = load_dataset(d.dataset, d.root, d.image_size)
+        return relabel(ds, [c for classes in self.class_order_by_task for c in classes])
+
+    def seen(self, task: int | None = None) -> int:
+        """Number of classes seen up to and including task t."""
+        return self.tasks[self.task if task is None else task].stop
+
+    def final_classifier(self, task: int) -> str:
+        """The checkpoint of classifier(t) after its last round."""
+        return paths.classifier(task, self.params.classifier_rounds(task) - 1)
+
+    # --- models ------------------------------------------------------------------------------
+    def new_unet(self) -> UNet:
+        u = self.params.diffusion.unet
+        return UNet(image_size=self.data.image_size, in_channels=self.data.channels,
+                    out_channels=self.data.channels, num_classes=self.data.num_classes,
+                    **u.model_dump()).to(self.device)
+
+    def schedule(self) -> NoiseSchedule:
+        return NoiseSchedule.make(self.params.diffusion.schedule, self.params.diffusion.num_timesteps)
+
+    def load_unet(self, path: str, weights: str = "ema") -> UNet:
+        """A trained UNet from a diffusion checkpoint (EMA weights by default), in eval mode."""
+        model = self.new_unet()
+        model.load_state_dict(torch.load(path, map_location=self.device, weights_only=True)[weights])
+        return model.eval().requires_grad_(False)
+
+    def new_classifier(self) -> torch.nn.Module:
+        return build_classifier(self.params.classifier.arch, self.data.num_classes, self.data.channels,
+                                self.data.image_size).to(self.device)
+
+    def load_classifier(self, path: str) -> tuple[torch.nn.Module, dict]:
+        ckpt = torch.load(path, map_location=self.device, weights_only=True)
+        model = self.new_classifier()
+        model.load_state_dict(ckpt["model"])
+        return model, ckpt
+
+
+def progress(total: int, desc: str):
+    """A tqdm bar on stderr (DVC and Prefect both show it in the stage log)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, file=sys.stderr, mininterval=2.0, dynamic_ncols=True)
+
+
+def sampling_bar(n_images: int, batch_size: int, steps: int, desc: str):
+    """A bar over every denoising step of every batch, and the sampler callback that advances it."""
+    bar = progress(-(-n_images // batch_size) * steps, desc)
+    return bar, lambda done, total: bar.update(1)
+
+
+def parser(kind: str, doc: str | None) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=f"python -m stages.{kind}", description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--task", type=int, default=0, help="continual task t")
+    ap.add_argument("--round", type=int, default=0, help="classifier round r within task t")
+    ap.add_argument("--params", default="params.yaml", help="the params file")
+    return ap
+
+
+def run_stage(kind: str, body: Callable[[Context], None], argv: list[str] | None = None,
+              doc: str | None = None) -> int:
+    """Parse, validate, seed and run one stage. Bad input exits 2 with one message naming it."""
+    args = parser(kind, doc).parse_args(argv)
+    try:
+        params = load_params(args.params)
+        ctx = Context(kind, params, args.task, args.round)
+        if not 0 <= args.task < params.data.num_tasks:
+            raise ParamsError(f"--task {args.task}: outside 0..{params.data.num_tasks - 1} (data.num_tasks)")
+        if params.run.threads:
+            torch.set_num_threads(params.run.threads)
+        torch.manual_seed(zlib.crc32(f"{params.run.seed}/{kind}/{args.task}/{args.round}".encode()))
+        with tracking(ctx):
+            body(ctx)
+    except (ParamsError, DatasetNotFoundError) as err:
+        print(f"stages.{kind}: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+class tracking:
+    """Optional wandb run for one stage, grouped by experiment; off unless params turn it on."""
+
+    current = None
+
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+
+    def __enter__(self):
+        t = self.ctx.params.tracking
+        if t.wandb != "disabled":
+            import os
+
+            import wandb  # imported only when used
+
+            group = t.group or os.environ.get("DVC_EXP_NAME") or "default"
+            tracking.current = wandb.init(project=t.project, group=group, mode=t.wandb,
+                                          name=f"{self.ctx.kind}-t{self.ctx.task}-r{self.ctx.round}",
+                                          job_type=self.ctx.kind, config=self.ctx.params.model_dump(mode="json"),
+                                          reinit="finish_previous")
+        return self
+
+    def __exit__(self, *exc):
+        if tracking.current is not None:
+            tracking.current.finish(exit_code=1 if exc[0] else 0)
+            tracking.current = None
+        return False
+
+
+def log(metrics: dict, step: int | None = None) -> None:
+    """Send metrics to the stage's wandb run, when there is one."""
+    if tracking.current is not None:
+        tracking.current.log(metrics, step=step)
+
+
+def log_image(key: str, path: str) -> None:
+    if tracking.current is not None:
+        import wandb
+
+        tracking.current.log({key: wandb.Image(path)})
+
+
+def log_table(key: str, frame) -> None:
+    if tracking.current is not None:
+        import wandb
+
+        tracking.current.log({key: wandb.Table(dataframe=frame)})

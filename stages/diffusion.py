@@ -1,0 +1,56 @@
+"""Train diffusion(t): from diffusion(t−1) (task 0: fresh) on real task-t images plus the
+self-rehearsal samples of the old classes. Writes the model and its EMA weights.
+
+    python -m stages.diffusion --task 1
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+
+from guide.continual import train_diffusion
+from guide.data import task_subset
+from guide.diffusion import EMA
+from guide.io import atomic_torch_save, load_shard
+from stages import paths
+from stages.common import Context, log, progress, run_stage
+
+
+def run(ctx: Context) -> None:
+    p, t = ctx.params.diffusion, ctx.task
+    x, y = task_subset(ctx.data.train_x, ctx.data.train_y, ctx.tasks[t])
+    model = ctx.new_unet()
+    if t > 0:
+        prev = torch.load(paths.diffusion(t - 1), map_location=ctx.device, weights_only=True)
+        model.load_state_dict(prev["model"])
+        ema = EMA(model, p.ema_decay)
+        ema.load_state_dict(prev["ema"])
+        if ctx.params.rehearsal.per_task:
+            shard = load_shard(paths.rehearsal(t))
+            x, y = torch.cat([x, shard["images"]]), torch.cat([y, shard["labels"]])
+    else:
+        ema = EMA(model, p.ema_decay)
+    steps = p.steps_first if t == 0 else p.steps_later
+    bar = progress(steps, f"diffusion@{t}")
+
+    def step_done(step: int, loss: float) -> None:
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+        if step % 50 == 0 or step == steps:
+            log({"diffusion/loss": loss}, step=step)
+
+    losses = train_diffusion(model, ema, ctx.schedule(), x.to(ctx.device), y.to(ctx.device), steps=steps,
+                             batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, hflip=p.hflip,
+                             generator=ctx.generator("train"), callback=step_done)
+    bar.close()
+    atomic_torch_save(paths.diffusion(t), {"model": model.state_dict(), "ema": ema.state_dict(), "task": t,
+                                           "losses": torch.tensor(losses)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("diffusion", run, argv, __doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Sample the self-rehearsal set of task t ≥ 1: `rehearsal.per_task` unguided images of every old
+task from diffusion(t−1)'s EMA weights, labels spread evenly over the old classes.
+
+    python -m stages.rehearsal --task 1
+"""
+from __future__ import annotations
+
+import sys
+
+from guide.continual import generate, spread_labels
+from guide.io import save_shard, sha256_file
+from stages import paths
+from stages.common import Context, ParamsError, run_stage, sampling_bar
+
+
+def run(ctx: Context) -> None:
+    p, t = ctx.params.rehearsal, ctx.task
+    if t == 0:
+        raise ParamsError("--task 0: task 0 has no old classes to rehearse")
+    old = range(0, ctx.seen(t - 1))
+    labels = spread_labels(p.per_task * t, old)
+    schedule = ctx.schedule().respace(p.respacing)
+    bar, tick = sampling_bar(len(labels), p.batch_size, schedule.num_steps, f"rehearsal@{t}")
+    model = ctx.load_unet(paths.diffusion(t - 1))
+    images, _ = generate(model, schedule, labels.to(ctx.device), batch_size=p.batch_size, sampler=p.sampler,
+                         eta=p.eta, generator=ctx.generator("noise"), callback=tick)
+    bar.close()
+    save_shard(paths.rehearsal(t), images.cpu(), labels, {
+        "kind": "rehearsal", "task": t, "sampler": p.sampler, "respacing": p.respacing, "eta": p.eta,
+        "guidance": None, "sources": {paths.diffusion(t - 1): sha256_file(paths.diffusion(t - 1))},
+    })
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("rehearsal", run, argv, __doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""Collect every task's evaluation into the accuracy matrix (CSV), the final metrics (JSON, for
+`dvc metrics show` and `dvc exp show`) and the accuracy heatmap; print them.
+
+    python -m stages.report
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pandas as pd
+
+from guide.io import atomic_path, atomic_write_json
+from guide.metrics import summarize
+from stages import paths, plots
+from stages.common import Context, log, log_image, log_table, run_stage
+
+
+def accuracy_matrix(num_tasks: int) -> np.ndarray:
+    """A[i][j] from the evaluation files; NaN where task i comes after task j."""
+    a = np.full((num_tasks, num_tasks), np.nan)
+    for j in range(num_tasks):
+        for i, acc in enumerate(json.loads(open(paths.evaluation(j)).read())["accuracy"]):
+            a[i, j] = acc
+    return a
+
+
+def run(ctx: Context) -> None:
+    n = ctx.params.data.num_tasks
+    a = accuracy_matrix(n)
+    frame = pd.DataFrame(a, index=[f"task {i}" for i in range(n)], columns=[f"after task {j}" for j in range(n)])
+    with atomic_path(paths.ACCURACY_CSV) as tmp:
+        frame.to_csv(tmp, float_format="%.4f")
+    summary = {**summarize(a), "method": ctx.params.run.method, "seed": ctx.params.run.seed,
+               "num_tasks": n, "accuracy_matrix": [[None if np.isnan(v) else round(v, 4) for v in row] for row in a]}
+    atomic_write_json(paths.SUMMARY, summary)
+    title = f"{ctx.params.data.dataset}/{n}, {ctx.params.run.method}, seed {ctx.params.run.seed}"
+    plots.accuracy_heatmap(paths.ACCURACY_PNG, a, title)
+    print(f"accuracy matrix, {title} (row: task, column: after training task)")
+    print(frame.to_string(float_format=lambda v: f"{v:.3f}", na_rep="·"))
+    for k in ("final_average_accuracy", "average_incremental_accuracy", "forgetting", "backward_transfer"):
+        print(f"{k:30s} {summary[k]:.4f}")
+    log({k: v for k, v in summary.items() if isinstance(v, float)})
+    log_table("accuracy_matrix", frame.reset_index())
+    log_image("accuracy_matrix", paths.ACCURACY_PNG)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("report", run, argv, __doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
