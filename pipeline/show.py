@@ -1,0 +1,30 @@
+"""Print the last run's accuracy matrix and final metrics (what `make demo` ends with).
+
+    python -m pipeline.show
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from stages import paths
+
+
+def main() -> int:
+    if not Path(paths.SUMMARY).exists():
+        print(f"{paths.SUMMARY}: not there yet — run `dvc repro` first", file=sys.stderr)
+        return 1
+    frame = pd.read_csv(paths.ACCURACY_CSV, index_col=0)
+    summary = json.loads(Path(paths.SUMMARY).read_text())
+    print(f"accuracy matrix ({summary['method']}, seed {summary['seed']}; row: task, column: after training task)")
+    print(frame.to_string(float_format=lambda v: f"{v:.3f}", na_rep="·"))
+    for k in ("final_average_accuracy", "average_incremental_accuracy", "forgetting", "backward_transfer"):
+        print(f"{k:30s} {summary[k]:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
