@@ -53,11 +53,11 @@ def ddim_sample(model, schedule: NoiseSchedule, noise: Tensor, y: Tensor | None,
     n = schedule.num_steps
     for i in reversed(range(n)):
         t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-        eps, x0, grad = predict(model, schedule, x, t, y, guidance, clip)
+        _, x0, grad = predict(model, schedule, x, t, y, guidance, clip)
+        eps = schedule.eps_from_x0(x, t, x0)  # re-derived from the (clipped) x̂₀, as the reference does
         if grad is not None:
-            eps = schedule.eps_from_x0(x, t, x0) - _gather((1 - ac).sqrt(), t, x) * grad
+            eps = eps - _gather((1 - ac).sqrt(), t, x) * grad
             x0 = schedule.predict_x0(x, t, eps)
-            eps = schedule.eps_from_x0(x, t, x0)
         a, a_prev = _gather(ac, t, x), _gather(acp, t, x)
         sigma = eta * ((1 - a_prev) / (1 - a)).sqrt() * (1 - a / a_prev).sqrt()
         x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).sqrt() * eps

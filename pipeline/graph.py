@@ -62,7 +62,20 @@ def build_graph(p: Params) -> list[Stage]:
     stages.append(Stage("check-graph", "check_graph", (f"--structure {p.structure_key()}",),
                         ("stages/check_graph.py",), STRUCTURAL_KEYS, (paths.GRAPH_OK,)))
     by_out[paths.GRAPH_OK] = "check-graph"
-    diffusion_params = (SEED, "data", "diffusion")
+    # Each stage lists exactly the keys it reads, so a change reruns only what it affects.
+    unet = ("diffusion.unet", "diffusion.schedule", "diffusion.num_timesteps")  # to build and sample
+    def diffusion_keys(t: int) -> tuple[str, ...]:
+        steps = "diffusion.steps_first" if t == 0 else "diffusion.steps_later"
+        return (SEED, "data", *unet, steps, "diffusion.batch_size", "diffusion.lr", "diffusion.weight_decay",
+                "diffusion.ema_decay", "diffusion.hflip")
+
+    def classifier_keys(t: int) -> tuple[str, ...]:
+        which = ("steps_first", "lr_first") if t == 0 else ("steps_later", "lr_later", "interval")
+        return (SEED, "run.method", "data", *(f"classifier.{k}" for k in (*which, "arch", "batch_size", "momentum",
+                                                                            "weight_decay", "augmentation")))
+
+    replay_keys = (SEED, "run.method", "data", *unet, "replay", "guidance", "classifier.arch",
+                   "classifier.batch_size", "classifier.interval", "classifier.steps_later", "evaluate.grid_images")
 
     # the diffusion branch: only as far as some classifier (or the reference's last task) needs it
     if method.uses_diffusion:
@@ -70,15 +83,13 @@ def build_graph(p: Params) -> list[Stage]:
         for t in range(last):
             if t > 0:
                 add(f"rehearsal-t{t}", "rehearsal", t, deps=(paths.diffusion(t - 1),),
-                    params=(*diffusion_params, "rehearsal"), outs=(paths.rehearsal(t),))
+                    params=(SEED, "data", *unet, "rehearsal"), outs=(paths.rehearsal(t),))
                 add(f"diffusion-t{t}", "diffusion", t, deps=(paths.diffusion(t - 1), paths.rehearsal(t)),
-                    params=(*diffusion_params, "rehearsal.per_task"), outs=(paths.diffusion(t),))
+                    params=(*diffusion_keys(t), "rehearsal.per_task"), outs=(paths.diffusion(t),))
             else:
-                add("diffusion-t0", "diffusion", 0, params=diffusion_params, outs=(paths.diffusion(0),))
+                add("diffusion-t0", "diffusion", 0, params=diffusion_keys(0), outs=(paths.diffusion(0),))
 
     # the classifier branch
-    cls_params = (SEED, "run.method", "data", "classifier")
-    replay_params = (*cls_params, "diffusion", "replay", "guidance")
     for t in range(T):
         rounds = p.classifier_rounds(t)
         prev = [paths.classifier(t - 1, p.classifier_rounds(t - 1) - 1)] if t > 0 else []
@@ -86,19 +97,20 @@ def build_graph(p: Params) -> list[Stage]:
         for r in range(rounds):
             suffix = f"-r{r}" if rounds > 1 else ""
             init = [paths.classifier(t, r - 1)] if r > 0 else prev
-            deps, params, outs = list(init), cls_params, [paths.classifier(t, r)]
+            deps, params, outs = list(init), classifier_keys(t), [paths.classifier(t, r)]
             if generated and p.guidance.mode == "rounds":
                 guide_by = init if method.guidance == "new" else prev if method.guidance == "old" else []
                 add(f"replay-t{t}{suffix}", "replay", t, r, deps=(paths.diffusion(t - 1), *guide_by),
-                    params=replay_params, outs=(paths.replay(t, r),),
+                    params=replay_keys, outs=(paths.replay(t, r),),
                     plots=(paths.replay_grid(t),) if r == 0 and method.guidance != "none" else ())
                 deps.append(paths.replay(t, r))
             elif generated:  # online: the classifier stage samples its own replay
                 deps.append(paths.diffusion(t - 1))
-                params = replay_params
+                params = tuple(dict.fromkeys(params + replay_keys))
                 outs.append(paths.replay(t, None))
             add(f"classifier-t{t}{suffix}", "classifier", t, r, deps=deps, params=params, outs=outs,
-                plots=(paths.replay_grid(t),) if generated and p.guidance.mode == "online" else ())
+                plots=(paths.replay_grid(t),) if generated and p.guidance.mode == "online" and method.guidance != "none"
+                else ())
         add(f"evaluate-t{t}", "evaluate", t, deps=(paths.classifier(t, rounds - 1),),
             params=(SEED, "data", "classifier.arch", "evaluate.batch_size"), outs=(paths.evaluation(t),))
 

@@ -43,7 +43,8 @@ def online_source(ctx: Context, classifier: torch.nn.Module):
     per = mixed_batch_sizes(ctx.params.classifier.batch_size, ctx.task, replay=True)[1]
     noise, scales = ctx.generator("noise"), ctx.generator("scales")
     record: dict[str, list] = {"images": [], "labels": [], "targets": []}
-    replayer.grid(classifier if replayer.method.guidance == "new" else None)
+    if replayer.method.guidance != "none":
+        replayer.grid(classifier if replayer.method.guidance == "new" else None)
     bank = {}
 
     def source(step: int):
