@@ -1,0 +1,141 @@
+"""Compare methods over seeds with DVC: each (seed, method) is reproduced in one scratch repository,
+so DVC's run cache shares a seed's diffusion branch among the methods that use it (guide, gr, ddgr
+have identical diffusion and rehearsal stages) — no diffusion stage trains twice for the same seed
+and settings. The log of which stages ran and which were restored from the cache is kept, and
+checked, in `runs.json`.
+
+    python -m pipeline.compare                                   # mnist5k, 5 methods, seeds 0 1 2
+    python -m pipeline.compare --preset smoke --seeds 0 --methods guide gr --out results/smoke
+
+Writes OUT/summary.csv and OUT/summary.md (mean ± standard deviation over seeds), OUT/runs.csv (one
+row per run) and OUT/runs.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from guide.io import atomic_path, atomic_write_json, atomic_write_text
+from params import PRESETS, dump_params, preset
+
+ROOT = Path(__file__).resolve().parents[1]
+METHOD_ORDER = ("guide", "gr", "ddgr", "finetune", "joint")  # diffusion first, so the others reuse it
+METRICS = ("final_average_accuracy", "average_incremental_accuracy", "forgetting")
+RAN = re.compile(r"Running stage '([^']+)'")
+RESTORED = re.compile(r"Stage '([^']+)' (?:is cached - skipping run|didn't change, skipping)")
+
+
+def scratch_repo(workdir: Path) -> None:
+    """A git repository holding the project's tracked files (no outputs), with DVC initialised."""
+    if (workdir / ".git").exists():
+        return
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (ROOT / f).is_file() and not f.startswith(("metrics/", "plots/", "results/")) and f != "dvc.lock":
+            (workdir / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, workdir / f)
+    subprocess.run("git init -q && git add -A && git -c user.name=compare -c user.email=compare@localhost "
+                   "commit -qm 'comparison scratch repository'", shell=True, cwd=workdir, check=True)
+
+
+def reproduce(workdir: Path, preset_name: str, method: str, seed: int) -> dict:
+    (workdir / "params.yaml").write_text(dump_params(preset(preset_name, run={"method": method, "seed": seed})))
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    subprocess.run([sys.executable, "-m", "pipeline.render"], cwd=workdir, check=True, env=env, capture_output=True)
+    start = time.perf_counter()
+    proc = subprocess.run(["dvc", "repro"], cwd=workdir, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    log = proc.stdout + proc.stderr
+    (workdir / "logs").mkdir(exist_ok=True)
+    (workdir / "logs" / f"{method}-seed{seed}.log").write_text(log)
+    if proc.returncode:
+        raise RuntimeError(f"dvc repro failed for {method}, seed {seed}:\n{log[-3000:]}")
+    summary = json.loads((workdir / "metrics" / "summary.json").read_text())
+    return {"method": method, "seed": seed, "wall_s": round(wall, 1), "ran": RAN.findall(log),
+            "restored": RESTORED.findall(log), **{k: summary[k] for k in (*METRICS, "backward_transfer")},
+            "accuracy_matrix": summary["accuracy_matrix"]}
+
+
+def check_sharing(runs: list[dict]) -> list[str]:
+    """Problems, if any: a diffusion or rehearsal stage that trained more than once for one seed."""
+    problems = []
+    for seed in sorted({r["seed"] for r in runs}):
+        trained: dict[str, list[str]] = {}
+        for r in runs:
+            if r["seed"] == seed:
+                for name in r["ran"]:
+                    if name.startswith(("diffusion-", "rehearsal-")):
+                        trained.setdefault(name, []).append(r["method"])
+        problems += [f"seed {seed}: {n} trained by {', '.join(m)}" for n, m in trained.items() if len(m) > 1]
+    return problems
+
+
+def markdown(frame: pd.DataFrame) -> str:
+    head = "| " + " | ".join([frame.index.name or "", *frame.columns]) + " |"
+    rule = "|" + "---|" * (len(frame.columns) + 1)
+    rows = ["| " + " | ".join([str(i), *map(str, row)]) + " |" for i, row in zip(frame.index, frame.values)]
+    return "\n".join([head, rule, *rows]) + "\n"
+
+
+def summarize(runs: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(runs)
+    stats = df.groupby("method")[list(METRICS)].agg(["mean", "std"])
+    order = [m for m in ("joint", "guide", "ddgr", "gr", "finetune") if m in stats.index]
+    table = pd.DataFrame(index=pd.Index(order, name="method"))
+    for k in METRICS:
+        table[k] = [f"{stats.loc[m, (k, 'mean')]:.3f} ± {stats.loc[m, (k, 'std')]:.3f}"
+                    if df[df.method == m].shape[0] > 1 else f"{stats.loc[m, (k, 'mean')]:.3f}" for m in order]
+    table["seeds"] = [int((df.method == m).sum()) for m in order]
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.compare", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="mnist5k", choices=PRESETS)
+    ap.add_argument("--methods", nargs="+", default=list(METHOD_ORDER), choices=METHOD_ORDER)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--workdir", default="compare-work", help="the scratch repository (kept: reruns reuse it)")
+    ap.add_argument("--out", default="results/compare")
+    args = ap.parse_args(argv)
+    workdir, out = Path(args.workdir).resolve(), Path(args.out)
+    workdir.mkdir(parents=True, exist_ok=True)
+    scratch_repo(workdir)
+    methods = [m for m in METHOD_ORDER if m in args.methods]
+    runs = []
+    for seed in args.seeds:
+        for method in methods:
+            r = reproduce(workdir, args.preset, method, seed)
+            print(f"{method:9s} seed {seed}: {r['final_average_accuracy']:.3f} final average accuracy, "
+                  f"{r['wall_s']:.0f} s, ran {len(r['ran'])} stages, reused {len(r['restored'])}"
+                  + (f" ({', '.join(n for n in r['restored'] if n.startswith('diffusion'))})" if r["restored"] else ""),
+                  flush=True)
+            runs.append(r)
+    problems = check_sharing(runs)
+    table = summarize(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "runs.json", {"preset": args.preset, "runs": runs, "sharing_problems": problems})
+    with atomic_path(out / "runs.csv") as tmp:
+        pd.DataFrame(runs).drop(columns=["ran", "restored", "accuracy_matrix"]).to_csv(tmp, index=False)
+    with atomic_path(out / "summary.csv") as tmp:
+        table.to_csv(tmp)
+    atomic_write_text(out / "summary.md", markdown(table))
+    print(markdown(table))
+    if problems:
+        print("a diffusion stage trained more than once for one seed:\n" + "\n".join(problems), file=sys.stderr)
+        return 1
+    print("every diffusion and rehearsal stage trained once per seed; the other methods restored it from DVC's run cache")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""The task graph unrolled from params, and the dvc.yaml rendered from it."""
+import subprocess
+import sys
+from pathlib import Path
+
+from params import preset
+from pipeline.graph import build_graph
+from pipeline.render import render
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def names(p):
+    return [s.name for s in build_graph(p)]
+
+
+def test_committed_dvc_yaml_is_current():
+    r = subprocess.run([sys.executable, "-m", "pipeline.render", "--check"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_check_fails_and_shows_the_difference_when_stale(tmp_path):
+    stale = tmp_path / "dvc.yaml"
+    stale.write_text((ROOT / "dvc.yaml").read_text().replace("evaluate-t4", "evaluate-t9"))
+    r = subprocess.run([sys.executable, "-m", "pipeline.render", "--check", "--output", str(stale)], cwd=ROOT,
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "-  evaluate-t9:" in r.stdout and "+  evaluate-t4:" in r.stdout
+    assert "python -m pipeline.render" in r.stderr
+
+
+def test_smoke_guide_graph():
+    assert names(preset("smoke")) == [
+        "check-graph", "diffusion-t0", "rehearsal-t1", "diffusion-t1", "classifier-t0", "evaluate-t0",
+        "replay-t1-r0", "classifier-t1-r0", "replay-t1-r1", "classifier-t1-r1", "evaluate-t1", "report"]
+
+
+def test_graph_is_topological_and_each_output_has_one_producer():
+    for method in ("guide", "gr", "ddgr", "finetune", "joint"):
+        stages = build_graph(preset("mnist5k", run={"method": method}))
+        made: dict[str, str] = {}
+        for st in stages:
+            for d in st.deps:
+                if d.startswith("artifacts/"):
+                    assert d in made, f"{method}: {st.name} needs {d} before anything makes it"
+            for o in st.outputs:
+                assert o not in made, f"{o} made twice"
+                made[o] = st.name
+            assert set(st.upstream) <= {made[d] for d in st.deps if d in made}
+
+
+def test_methods_with_generated_replay_share_the_diffusion_branch():
+    def branch(method):
+        return {s.name: (s.cmd, s.deps, s.params, s.outs) for s in build_graph(preset("mnist5k", run={"method": method}))
+                if s.kind in ("diffusion", "rehearsal")}
+
+    assert branch("guide") == branch("gr") == branch("ddgr") and len(branch("guide")) > 0
+    assert branch("finetune") == branch("joint") == {}
+
+
+def test_rounds_and_online_mode_shape_the_classifier_branch():
+    p = preset("smoke", replay={"rounds": 4})
+    assert [n for n in names(p) if n.startswith(("replay", "classifier"))] == [
+        "classifier-t0", *[f"{k}-t1-r{r}" for r in range(4) for k in ("replay", "classifier")]]
+    online = preset("smoke", guidance={"mode": "online"}, replay={"rounds": 1})
+    assert not [n for n in names(online) if n.startswith("replay")] and "classifier-t1" in names(online)
+
+
+def test_a_guidance_change_touches_only_replay_stages_params():
+    """Which stages read the guidance group: exactly the replay stages (the classifier reruns
+    through its replay shard)."""
+    stages = build_graph(preset("smoke"))
+    readers = {s.name for s in stages if "guidance" in s.params}
+    assert readers == {"replay-t1-r0", "replay-t1-r1"}
+
+
+def test_render_is_deterministic():
+    p = preset("smoke")
+    assert render(build_graph(p)) == render(build_graph(p))

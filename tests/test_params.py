@@ -1,0 +1,79 @@
+"""Typed params: defaults, presets, and one clear error naming the field for bad input."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from params import PRESETS, ParamsError, dump_params, load_params, params_from_dict, preset
+from params.schema import Params
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _err(raw) -> str:
+    with pytest.raises(ParamsError) as e:
+        params_from_dict(raw, "params.yaml")
+    return str(e.value)
+
+
+def test_bad_params_name_the_field():
+    assert "params.yaml: guidance.scale:" in _err({"guidance": {"scale": -0.5}})
+    assert "guidance.sclae: unknown key" in _err({"guidance": {"sclae": 1.0}})
+    assert "classifier.steps_first:" in _err({"classifier": {"steps_first": "many"}})
+    msg = _err({"data": {"num_tasks": 3}})  # 10 MNIST classes into 3 tasks
+    assert "data.num_tasks" in msg and "10 classes" in msg
+    assert "replay.rounds" in _err({"replay": {"rounds": 3}, "classifier": {"steps_later": 500}})
+    assert "scale_max" in _err({"guidance": {"scale": 1.0, "scale_max": 0.5}})
+
+
+def test_every_preset_is_valid_and_round_trips():
+    for name in PRESETS:
+        p = preset(name)
+        assert params_from_dict(yaml.safe_load(dump_params(p))) == p
+
+
+def test_reference_presets_follow_the_reference_table():
+    c = preset("cifar10_5")
+    assert (c.data.num_tasks, c.diffusion.steps_first, c.diffusion.steps_later, c.rehearsal.per_task) == (5, 100_000, 50_000, 10_000)
+    assert (c.replay.respacing, c.guidance.scale, c.classifier.lr_first, c.classifier.lr_later) == ("ddim50", 0.5, 0.1, 0.01)
+    assert (c.classifier.steps_first, c.classifier.steps_later, c.classifier.interval) == (5000, 2000, 5)
+    assert c.guidance.mode == "online" and c.rehearsal.sampler == "ddpm" and c.rehearsal.respacing == ""
+    i = preset("imagenet100_64_5")
+    assert (i.diffusion.batch_size, i.diffusion.lr, i.diffusion.unet.model_channels) == (100, 1e-4, 192)
+    assert i.diffusion.unet.attention_resolutions == (32, 16, 8) and i.classifier.augmentation == "none"
+    assert preset("cifar100_10").guidance.scale == 1.0
+
+
+def test_committed_params_yaml_is_the_default_run_with_every_key():
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    p = load_params(ROOT / "params.yaml")
+    assert (p.data.dataset, p.data.num_tasks, p.run.method) == ("mnist5k", 5, "guide")
+    assert raw == Params.model_validate(raw).model_dump(mode="json")  # no key left to a default
+    assert p.tracking.wandb == "disabled"
+
+
+def test_cli_check_exits_2_naming_the_field(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("guidance:\n  scale: -1\n")
+    r = subprocess.run([sys.executable, "-m", "params", "--check", str(bad)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "guidance.scale" in r.stderr
+
+
+def test_render_with_bad_params_exits_2_and_writes_nothing(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("data:\n  num_tasks: 3\n")
+    out = tmp_path / "dvc.yaml"
+    r = subprocess.run([sys.executable, "-m", "pipeline.render", "--params", str(bad), "--output", str(out)],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2 and "data.num_tasks" in r.stderr
+    assert list(tmp_path.iterdir()) == [bad]
+
+
+def test_stage_with_bad_params_exits_2_and_writes_nothing(tmp_path):
+    (tmp_path / "params.yaml").write_text("run:\n  seed: zero\n")
+    r = subprocess.run([sys.executable, "-m", "stages.evaluate", "--task", "0"], capture_output=True, text=True,
+                       cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    assert r.returncode == 2 and "run.seed" in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

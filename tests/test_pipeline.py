@@ -1,0 +1,128 @@
+"""The cached pipeline on the smoke preset, in a temporary git repository: what reruns and what does
+not, under `dvc repro`, `dvc exp run -S …` and the Prefect flow. Stage sets are read from the
+tools' own output and compared."""
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from params import dump_params, preset
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+RUNNING = re.compile(r"Running stage '([^']+)'")
+
+
+def sh(cmd, cwd, check=True, env=None):
+    r = subprocess.run(cmd, shell=True, cwd=cwd, capture_output=True, text=True, env=env)
+    if check and r.returncode:
+        raise AssertionError(f"{cmd} exited {r.returncode}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+def ran(result) -> set[str]:
+    return set(RUNNING.findall(result.stdout + result.stderr))
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A git + DVC repository holding the project's files with the smoke preset, reproduced once."""
+    path = tmp_path_factory.mktemp("repo")
+    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()
+    for f in tracked:
+        if (ROOT / f).is_file() and not f.startswith(("artifacts/", "metrics/", "plots/")) and f != "dvc.lock":
+            (path / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, path / f)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+           "WANDB_MODE": "disabled", "PREFECT_HOME": str(path / ".prefect"), "PYTHONDONTWRITEBYTECODE": "1",
+           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@example.com"}
+    os.environ.update({k: env[k] for k in ("PREFECT_HOME",)})
+    (path / "params.yaml").write_text(dump_params(preset("smoke")))
+    sh("git init -q && python -m pipeline.render", path, env=env)
+    sh("git add -A && git commit -qm smoke", path, env=env)
+    first = sh("dvc repro", path, env=env)
+    sh("git add -A && git commit -qm reproduced", path, env=env)
+    return path, env, first
+
+
+def restore(path, env):
+    sh("git checkout -q -- . && dvc checkout -q --force", path, env=env)
+    sh("dvc repro", path, env=env)
+
+
+def test_cold_repro_runs_every_stage_and_writes_the_outputs(repo):
+    path, env, first = repo
+    assert len(ran(first)) == 12
+    summary = json.loads((path / "metrics/summary.json").read_text())
+    assert summary["method"] == "guide" and len(summary["accuracy_matrix"]) == 2
+    assert (path / "plots/accuracy_matrix.png").exists() and (path / "plots/replay/task1.png").exists()
+    manifest = json.loads((path / "artifacts/replay/task1/round0/manifest.json").read_text())
+    assert {"count", "classes", "guidance", "sources", "sha256"} <= set(manifest)
+    assert not list(path.rglob("*.tmp"))  # nothing half-written left behind
+
+
+def test_second_repro_runs_no_stage(repo):
+    path, env, _ = repo
+    again = sh("dvc repro", path, env=env)
+    assert ran(again) == set() and "up to date" in again.stdout
+
+
+def test_flow_after_repro_reruns_nothing(repo):
+    path, env, _ = repo
+    r = sh("python -m pipeline.flow", path, env=env)
+    assert "0 of 12 stages ran" in r.stdout
+
+
+def test_guidance_scale_experiment_reruns_only_the_classifier_branch(repo):
+    path, env, _ = repo
+    r = sh("dvc exp run -S guidance.scale=0.5", path, env=env)
+    # report reruns only if task 1's accuracies moved: DVC compares the evaluation file's content
+    must = {"replay-t1-r0", "replay-t1-r1", "classifier-t1-r0", "classifier-t1-r1", "evaluate-t1"}
+    assert must <= ran(r) <= must | {"report"}
+    shown = sh("dvc exp show --json", path, env=env).stdout
+    assert "final_average_accuracy" in shown
+    restore(path, env)
+
+
+def test_first_task_diffusion_change_reruns_its_branch_and_what_depends_on_it(repo):
+    path, env, _ = repo
+    r = sh("dvc exp run -S diffusion.steps_first=40", path, env=env)
+    must = {"diffusion-t0", "rehearsal-t1", "diffusion-t1", "replay-t1-r0", "classifier-t1-r0", "replay-t1-r1",
+            "classifier-t1-r1", "evaluate-t1"}
+    assert must <= ran(r) <= must | {"report"}
+    restore(path, env)
+
+
+def test_later_task_diffusion_change_reruns_that_task_only(repo):
+    path, env, _ = repo
+    r = sh("dvc exp run -S diffusion.steps_later=40", path, env=env)
+    assert ran(r) == {"diffusion-t1"}  # nothing in a 2-task run uses diffusion(1)
+    restore(path, env)
+
+
+def test_structural_change_stops_at_once_naming_the_render_command(repo):
+    path, env, _ = repo
+    r = sh("dvc exp run -S replay.rounds=4", path, env=env, check=False)
+    assert r.returncode != 0
+    assert "python -m pipeline.render" in r.stdout + r.stderr
+    assert ran(r) == {"check-graph"}
+    restore(path, env)
+
+
+def test_flow_reruns_what_changed_and_leaves_dvc_status_clean(repo):
+    path, env, _ = repo
+    params = (path / "params.yaml").read_text()
+    (path / "params.yaml").write_text(params.replace("batch_size: 500", "batch_size: 250"))
+    r = sh("python -m pipeline.flow", path, env=env)
+    assert re.search(r"[23] of 12 stages ran: evaluate-t0, evaluate-t1", r.stdout), r.stdout[-500:]
+    status = sh("dvc status", path, env=env)
+    assert "up to date" in status.stdout
+    restore(path, env)
