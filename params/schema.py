@@ -35,7 +35,7 @@ class Synthetic(Group):
 
 class Data(Group):
     dataset: Literal["mnist5k", "fashion_mnist", "cifar10", "cifar100", "imagenet100_64", "synthetic"] = "mnist5k"
-    root: str = "data"  # where cifar10/cifar100/imagenet100_64/fashion_mnist files live (never downloaded)
+    root: str | None = None  # where the files live (never downloaded); None: each dataset's default (data/ for CIFAR and ImageNet-100)
     image_size: PositiveInt | None = None  # resize every image to this size (None: native size)
     num_tasks: PositiveInt = 5  # structural
     first_task_classes: PositiveInt | None = None  # a larger first task (None: all tasks equal)

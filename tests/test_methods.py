@@ -73,3 +73,11 @@ def test_same_seed_same_tensors(tmp_path, monkeypatch):
         assert diffusion.main(["--task", "0"]) == 0
         weights.append(torch.load(paths.diffusion(0), weights_only=True)["ema"])
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_default_preset_loads_mnist5k_in_task_order():
+    from stages.common import Context
+
+    ctx = Context("test", preset("mnist5k"), task=1, round=0)
+    assert len(ctx.data.train_x) == 4000 and len(ctx.data.test_x) == 1000
+    assert ctx.tasks == [range(0, 2), range(2, 4), range(4, 6), range(6, 8), range(8, 10)] and ctx.seen() == 4
