@@ -24,7 +24,8 @@ def stage_entry(st: Stage) -> dict:
     if st.params:
         entry["params"] = list(st.params)
     if st.outs:
-        entry["outs"] = list(st.outs)
+        # results a person reads (metrics/, plots/) stay out of the cache so git can hold them
+        entry["outs"] = [{o: {"cache": False}} if o.startswith(("metrics/", "plots/")) else o for o in st.outs]
     if st.metrics:
         entry["metrics"] = [{m: {"cache": False}} for m in st.metrics]
     if st.plots:
