@@ -35,3 +35,7 @@ render: install
 
 flow: install .dvc
 	$(BIN)/python -m pipeline.flow
+
+# finetune, gr, ddgr, guide, joint × seeds 0 1 2 on mnist5k → results/compare/summary.{csv,md}
+compare: install
+	$(BIN)/python -m pipeline.compare

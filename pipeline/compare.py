@@ -34,8 +34,10 @@ RAN = re.compile(r"Running stage '([^']+)'")
 RESTORED = re.compile(r"Stage '([^']+)' (?:is cached - skipping run|didn't change, skipping)")
 
 
-def scratch_repo(workdir: Path) -> None:
-    """A git repository holding the project's tracked files (no outputs), with DVC initialised."""
+def scratch_repo(workdir: Path, cache_dir: Path) -> None:
+    """A git repository holding the project's tracked files (no outputs), with DVC initialised and its
+    cache (run cache included) at `cache_dir`: by default the project's own, so a `make demo` run is
+    reused by the comparison and the comparison's runs by later `dvc repro`s."""
     if (workdir / ".git").exists():
         return
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
@@ -45,6 +47,9 @@ def scratch_repo(workdir: Path) -> None:
             shutil.copy2(ROOT / f, workdir / f)
     subprocess.run("git init -q && git add -A && git -c user.name=compare -c user.email=compare@localhost "
                    "commit -qm 'comparison scratch repository'", shell=True, cwd=workdir, check=True)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["dvc", "cache", "dir", "--local", str(cache_dir)], cwd=workdir, check=True,
+                   env={**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
 
 
 def reproduce(workdir: Path, preset_name: str, method: str, seed: int) -> dict:
@@ -106,10 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--workdir", default="compare-work", help="the scratch repository (kept: reruns reuse it)")
     ap.add_argument("--out", default="results/compare")
+    ap.add_argument("--cache-dir", default=str(ROOT / ".dvc" / "cache"),
+                    help="DVC cache (and run cache) the scratch repository uses; default: the project's")
     args = ap.parse_args(argv)
     workdir, out = Path(args.workdir).resolve(), Path(args.out)
     workdir.mkdir(parents=True, exist_ok=True)
-    scratch_repo(workdir)
+    scratch_repo(workdir, Path(args.cache_dir).resolve())
     methods = [m for m in METHOD_ORDER if m in args.methods]
     runs = []
     for seed in args.seeds:

@@ -17,13 +17,15 @@ def test_compare_trains_each_seeds_diffusion_once(tmp_path):
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "pipeline.compare", "--preset", "smoke", "--seeds", "0",
-                        "--methods", "guide", "gr", "--workdir", str(tmp_path / "work"), "--out", str(out)],
+                        "--methods", "guide", "gr", "--workdir", str(tmp_path / "work"), "--out", str(out),
+                        "--cache-dir", str(tmp_path / "cache")],
                        cwd=ROOT, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     runs = {x["method"]: x for x in json.loads((out / "runs.json").read_text())["runs"]}
     assert {"diffusion-t0", "rehearsal-t1", "diffusion-t1"} <= set(runs["guide"]["ran"])
     assert not [n for n in runs["gr"]["ran"] if n.startswith(("diffusion", "rehearsal"))]
     assert {"diffusion-t0", "diffusion-t1"} <= set(runs["gr"]["restored"])
+    assert list((tmp_path / "cache").iterdir()), "the run cache went somewhere other than --cache-dir"
     md = (out / "summary.md").read_text()
     assert md.splitlines()[0].startswith("| method | final_average_accuracy") and "| guide |" in md
     assert (out / "summary.csv").exists() and (out / "runs.csv").exists()
