@@ -29,6 +29,13 @@ def _reference(dataset: str, tasks: int, diff_steps: tuple[int, int], rehearsal:
     }
 
 
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
 _OVERRIDES: dict[str, dict] = {
     # The default run: MNIST-5k in 5 tasks of 2 classes, sized for a 2-core CPU.
     # Sized so the whole `dvc repro` fits well inside 20 minutes on 2 cores (measured time: README).
@@ -55,12 +62,14 @@ _OVERRIDES: dict[str, dict] = {
                        "lr_first": 0.05, "lr_later": 0.01, "augmentation": "none"},
         "evaluate": {"grid_images": 4},
     },
-    "fashion_mnist5": {"data": {"dataset": "fashion_mnist", "root": "/usr/share/datasets/fashion-mnist"}},
+
     "cifar10_2": _reference("cifar10", 2, (100_000, 100_000), 25_000, 0.2, "ddim50", (0.1, 0.01), (5000, 2000), 1),
     "cifar10_5": _reference("cifar10", 5, (100_000, 50_000), 10_000, 0.5, "ddim50", (0.1, 0.01), (5000, 2000), 5),
     "cifar100_5": _reference("cifar100", 5, (100_000, 50_000), 10_000, 0.5, "ddim100", (0.1, 0.05), (10000, 2000), 10),
     "cifar100_10": _reference("cifar100", 10, (100_000, 100_000), 5_000, 1.0, "ddim100", (0.1, 0.05), (10000, 2000), 10),
 }
+# Fashion-MNIST/5 with the default run's 2-core sizing (files from the Debian package dataset-fashion-mnist).
+_OVERRIDES["fashion_mnist5"] = _merge(_OVERRIDES["mnist5k"], {"data": {"dataset": "fashion_mnist"}})
 _OVERRIDES["imagenet100_64_5"] = _reference("imagenet100_64", 5, (100_000, 50_000), 26_000, 1.0, "ddim50",
                                             (0.1, 0.001), (20000, 20000), 15)
 _OVERRIDES["imagenet100_64_5"]["diffusion"].update(
@@ -70,13 +79,6 @@ _OVERRIDES["imagenet100_64_5"]["rehearsal"].update(sampler="ddim", respacing="dd
 _OVERRIDES["imagenet100_64_5"]["classifier"]["augmentation"] = "none"
 
 PRESETS = tuple(_OVERRIDES)
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
-    return out
 
 
 def preset(name: str, **overrides: dict) -> Params:
