@@ -62,7 +62,6 @@ _OVERRIDES: dict[str, dict] = {
                        "lr_first": 0.05, "lr_later": 0.01, "augmentation": "none"},
         "evaluate": {"grid_images": 4},
     },
-
     "cifar10_2": _reference("cifar10", 2, (100_000, 100_000), 25_000, 0.2, "ddim50", (0.1, 0.01), (5000, 2000), 1),
     "cifar10_5": _reference("cifar10", 5, (100_000, 50_000), 10_000, 0.5, "ddim50", (0.1, 0.01), (5000, 2000), 5),
     "cifar100_5": _reference("cifar100", 5, (100_000, 50_000), 10_000, 0.5, "ddim100", (0.1, 0.05), (10000, 2000), 10),

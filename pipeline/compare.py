@@ -34,6 +34,11 @@ RAN = re.compile(r"Running stage '([^']+)'")
 RESTORED = re.compile(r"Stage '([^']+)' (?:is cached - skipping run|didn't change, skipping)")
 
 
+def _env() -> dict:
+    """The environment every DVC call here runs in: no analytics, this interpreter's tools first."""
+    return {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+
 def scratch_repo(workdir: Path, cache_dir: Path) -> None:
     """A git repository holding the project's tracked files (no outputs), with DVC initialised and its
     cache (run cache included) at `cache_dir`: by default the project's own, so a `make demo` run is
@@ -48,13 +53,12 @@ def scratch_repo(workdir: Path, cache_dir: Path) -> None:
     subprocess.run("git init -q && git add -A && git -c user.name=compare -c user.email=compare@localhost "
                    "commit -qm 'comparison scratch repository'", shell=True, cwd=workdir, check=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["dvc", "cache", "dir", "--local", str(cache_dir)], cwd=workdir, check=True,
-                   env={**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    subprocess.run(["dvc", "cache", "dir", "--local", str(cache_dir)], cwd=workdir, check=True, env=_env())
 
 
 def reproduce(workdir: Path, preset_name: str, method: str, seed: int) -> dict:
     (workdir / "params.yaml").write_text(dump_params(preset(preset_name, run={"method": method, "seed": seed})))
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = _env()
     subprocess.run([sys.executable, "-m", "pipeline.render"], cwd=workdir, check=True, env=env, capture_output=True)
     start = time.perf_counter()
     proc = subprocess.run(["dvc", "repro"], cwd=workdir, env=env, capture_output=True, text=True)
