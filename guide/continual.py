@@ -79,12 +79,13 @@ def train_diffusion(model: nn.Module, ema: EMA, schedule: NoiseSchedule, x: Tens
 
 
 def generate(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, *, batch_size: int,
-             sampler: str = "ddim", eta: float = 0.0, generator: torch.Generator,
+             sampler: str = "ddim", eta: float = 0.0, clip: bool = True, generator: torch.Generator,
              guidance_for: Callable[[Tensor], object] | None = None,
              callback: Callback | None = None) -> tuple[Tensor, Tensor]:
     """Sample one image per label from the class-conditional model, in batches.
 
-    `guidance_for(labels_of_batch)` builds the guidance of one batch (or returns None).
+    `guidance_for(labels_of_batch)` builds the guidance of one batch (or returns None). `clip`: clip
+    x̂₀ to [−1, 1] at every step (before the guiding classifier sees it), as the reference does.
     Returns the images and, per image, the class the guidance aimed at (−1 when unguided).
     """
     model.eval()
@@ -94,7 +95,7 @@ def generate(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, *, batch
         yb = labels[start : start + batch_size]
         noise = torch.randn((len(yb), *shape), generator=generator)
         guidance = guidance_for(yb) if guidance_for is not None else None
-        images.append(sample(model, schedule, noise, yb, sampler=sampler, eta=eta, guidance=guidance,
+        images.append(sample(model, schedule, noise, yb, sampler=sampler, eta=eta, guidance=guidance, clip=clip,
                              generator=generator, callback=callback).clamp(-1, 1))
         last = getattr(guidance, "last_target", None)
         targets.append(last if last is not None else torch.full_like(yb, -1))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -42,8 +43,17 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def torch_bytes(obj: Any) -> bytes:
+    """`torch.save` of `obj` as bytes that depend on `obj` alone. (Saved to a path, torch names the
+    zip's inner folder after the file, so a temporary file name would end up inside the bytes.)"""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
 def atomic_torch_save(path: str | Path, obj: Any) -> Path:
-    return _write(path, lambda p: torch.save(obj, p))
+    data = torch_bytes(obj)
+    return _write(path, lambda p: p.write_bytes(data))
 
 
 def sha256_file(path: str | Path) -> str:

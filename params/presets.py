@@ -26,6 +26,7 @@ def _reference(dataset: str, tasks: int, diff_steps: tuple[int, int], rehearsal:
         "classifier": {"arch": "resnet18", "lr_first": lr[0], "lr_later": lr[1], "steps_first": cls_steps[0],
                        "steps_later": cls_steps[1], "interval": interval, "batch_size": 256,
                        "augmentation": "reference"},
+        "oracle": {"steps": cls_steps[0] * tasks, "lr": lr[0], "batch_size": 256},  # judges replay only
     }
 
 
@@ -44,9 +45,11 @@ _OVERRIDES: dict[str, dict] = {
         "diffusion": {"unet": {"attention_resolutions": []}, "steps_first": 700, "steps_later": 400,
                       "lr": 1e-3, "ema_decay": 0.995, "train_last_task": False},
         "rehearsal": {"per_task": 200, "respacing": "ddim20"},
-        "replay": {"respacing": "ddim10", "rounds": 2},
-        "guidance": {"scale": 0.1},
-        "classifier": {"steps_first": 400, "steps_later": 400, "interval": 20},
+        "replay": {"respacing": "ddim10", "rounds": 1},
+        # the reference's loop, as for its closest benchmark (CIFAR-10/5): replay regenerated every
+        # 5 classifier steps, guided by the classifier being trained
+        "guidance": {"scale": 0.1, "mode": "online"},
+        "classifier": {"steps_first": 400, "steps_later": 400, "interval": 5},
     },
     # Synthetic data, 2 tasks, tiny models: the whole `dvc repro` takes a minute or two on 2 cores.
     "smoke": {
@@ -60,6 +63,7 @@ _OVERRIDES: dict[str, dict] = {
         "guidance": {"scale": 1.0},
         "classifier": {"steps_first": 60, "steps_later": 40, "batch_size": 32, "interval": 5,
                        "lr_first": 0.05, "lr_later": 0.01, "augmentation": "none"},
+        "oracle": {"steps": 60, "batch_size": 32},
         "evaluate": {"grid_images": 4},
     },
     "cifar10_2": _reference("cifar10", 2, (100_000, 100_000), 25_000, 0.2, "ddim50", (0.1, 0.01), (5000, 2000), 1),

@@ -116,6 +116,15 @@ class Classifier(Group):
     augmentation: Literal["reference", "digits", "none"] = "digits"
 
 
+class Oracle(Group):
+    """The classifier that judges replay (stages.oracle): the run's architecture, trained on every real
+    training image at once. It guides nothing."""
+
+    steps: PositiveInt = 1000  # SGD steps, learning rate decayed linearly to zero
+    lr: float = Field(0.05, gt=0)
+    batch_size: PositiveInt = 128
+
+
 class Evaluate(Group):
     batch_size: PositiveInt = 500
     grid_images: PositiveInt = 8  # old-class images per replay grid (guided vs unguided, same noise)
@@ -135,6 +144,7 @@ class Params(Group):
     replay: Replay = Replay()
     guidance: Guidance = Guidance()
     classifier: Classifier = Classifier()
+    oracle: Oracle = Oracle()
     evaluate: Evaluate = Evaluate()
     tracking: Tracking = Tracking()
 
@@ -160,10 +170,14 @@ class Params(Group):
         known = {"mnist5k": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "imagenet100_64": 100}
         return known.get(self.data.dataset, self.data.synthetic.num_classes)
 
+    @property
+    def generated_replay(self) -> bool:
+        """Whether the method replays samples of a diffusion model (guide, gr, ddgr)."""
+        return self.run.method in ("guide", "gr", "ddgr")
+
     def classifier_rounds(self, task: int) -> int:
         """Rounds of task t's classifier training: R for guided-replay tasks in rounds mode, else 1."""
-        generated = self.run.method in ("guide", "gr", "ddgr")
-        return self.replay.rounds if task > 0 and generated and self.guidance.mode == "rounds" else 1
+        return self.replay.rounds if task > 0 and self.generated_replay and self.guidance.mode == "rounds" else 1
 
     def structure(self) -> dict:
         """The params that decide which stages exist."""

@@ -4,11 +4,15 @@ have identical diffusion and rehearsal stages) — no diffusion stage trains twi
 and settings. The log of which stages ran and which were restored from the cache is kept, and
 checked, in `runs.json`.
 
-    python -m pipeline.compare                                   # mnist5k, 5 methods, seeds 0 1 2
-    python -m pipeline.compare --preset smoke --seeds 0 --methods guide gr --out results/smoke
+    python -m pipeline.compare                                   # mnist5k, 5 methods, seeds 0 … 4
+    python -m pipeline.compare --preset fashion_mnist5 --out results/compare/fashion_mnist5
+    python -m pipeline.compare --preset smoke --seeds 0 1 --methods guide gr --out results/smoke
 
-Writes OUT/summary.csv and OUT/summary.md (mean ± standard deviation over seeds), OUT/runs.csv (one
-row per run) and OUT/runs.json.
+guide, gr and ddgr of one seed share the diffusion model, so the table leads with each method's
+per-seed difference to `gr` (the same replay, unguided): its mean with a 95% Student-t interval over
+seeds (pipeline.stats), and in how many seeds the method came out higher. Absolute means ± standard
+deviations follow. Writes OUT/summary.md, OUT/summary.csv (one row per method and metric),
+OUT/paired.csv (one row per method, seed and metric), OUT/runs.csv (one row per run) and OUT/runs.json.
 """
 from __future__ import annotations
 
@@ -26,10 +30,12 @@ import pandas as pd
 
 from guide.io import atomic_path, atomic_write_json, atomic_write_text
 from params import PRESETS, dump_params, preset
+from pipeline.stats import paired_ci, paired_differences
 
 ROOT = Path(__file__).resolve().parents[1]
 METHOD_ORDER = ("guide", "gr", "ddgr", "finetune", "joint")  # diffusion first, so the others reuse it
 METRICS = ("final_average_accuracy", "average_incremental_accuracy", "forgetting")
+BASELINE = "gr"  # the same replay as guide and ddgr, unguided
 RAN = re.compile(r"Running stage '([^']+)'")
 RESTORED = re.compile(r"Stage '([^']+)' (?:is cached - skipping run|didn't change, skipping)")
 
@@ -71,7 +77,16 @@ def reproduce(workdir: Path, preset_name: str, method: str, seed: int) -> dict:
     summary = json.loads((workdir / "metrics" / "summary.json").read_text())
     return {"method": method, "seed": seed, "wall_s": round(wall, 1), "ran": RAN.findall(log),
             "restored": RESTORED.findall(log), **{k: summary[k] for k in (*METRICS, "backward_transfer")},
-            "accuracy_matrix": summary["accuracy_matrix"]}
+            **replay_columns(summary), "accuracy_matrix": summary["accuracy_matrix"]}
+
+
+def replay_columns(summary: dict) -> dict:
+    """The mechanism metrics of a run's summary as flat columns (empty without generated replay)."""
+    if "replay" not in summary:
+        return {}
+    r = summary["replay"]
+    return {"oracle_test_accuracy": summary["oracle_test_accuracy"],
+            **{f"replay_{view}_{k}": v for view in ("guided", "unguided") for k, v in r[view].items()}}
 
 
 def check_sharing(runs: list[dict]) -> list[str]:
@@ -95,16 +110,66 @@ def markdown(frame: pd.DataFrame) -> str:
     return "\n".join([head, rule, *rows]) + "\n"
 
 
-def summarize(runs: list[dict]) -> pd.DataFrame:
-    df = pd.DataFrame(runs)
-    stats = df.groupby("method")[list(METRICS)].agg(["mean", "std"])
-    order = [m for m in ("joint", "guide", "ddgr", "gr", "finetune") if m in stats.index]
-    table = pd.DataFrame(index=pd.Index(order, name="method"))
+def method_order(methods) -> list[str]:
+    return [m for m in ("guide", "ddgr", "gr", "joint", "finetune") if m in set(methods)]
+
+
+def paired_rows(runs: list[dict], baseline: str = BASELINE) -> pd.DataFrame:
+    """One row per (method, seed, metric): the method's value minus the baseline's on the same seed."""
+    rows = []
     for k in METRICS:
-        table[k] = [f"{stats.loc[m, (k, 'mean')]:.3f} ± {stats.loc[m, (k, 'std')]:.3f}"
-                    if df[df.method == m].shape[0] > 1 else f"{stats.loc[m, (k, 'mean')]:.3f}" for m in order]
-    table["seeds"] = [int((df.method == m).sum()) for m in order]
-    return table
+        diffs = paired_differences({(r["method"], r["seed"]): r[k] for r in runs}, baseline)
+        rows += [{"method": m, "seed": seed, "metric": k, "delta": d} for m, per in diffs.items()
+                 for seed, d in sorted(per.items())]
+    return pd.DataFrame(rows, columns=["method", "seed", "metric", "delta"])
+
+
+def summarize(runs: list[dict], baseline: str = BASELINE) -> pd.DataFrame:
+    """One row per (method, metric): mean and std over seeds, and the paired Δ vs the baseline."""
+    df, paired = pd.DataFrame(runs), paired_rows(runs, baseline)
+    rows = []
+    for m in method_order(df.method):
+        for k in METRICS:
+            v = df.loc[df.method == m, k]
+            row = {"method": m, "metric": k, "seeds": len(v), "mean": v.mean(), "std": v.std(ddof=1)}
+            d = paired.loc[(paired.method == m) & (paired.metric == k), "delta"]
+            if len(d):
+                ci = paired_ci(d)
+                row.update(delta=ci.mean, delta_low=ci.low, delta_high=ci.high, higher_seeds=ci.wins,
+                           paired_seeds=ci.n, significant=ci.significant)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def report_markdown(table: pd.DataFrame, baseline: str = BASELINE) -> str:
+    """The paired table first (Δ vs the baseline, 95% CI, seeds higher), then absolute values."""
+    def cell_delta(r) -> str:
+        if pd.isna(r.get("delta", float("nan"))):
+            return "—"
+        ci = f"{r.delta:+.3f} [{r.delta_low:+.3f}, {r.delta_high:+.3f}]" if r.paired_seeds > 1 else f"{r.delta:+.3f}"
+        return f"{ci}{' *' if r.significant else ''} ({int(r.higher_seeds)}/{int(r.paired_seeds)})"
+
+    def cell_abs(r) -> str:
+        return f"{r['mean']:.3f} ± {r['std']:.3f}" if r.seeds > 1 else f"{r['mean']:.3f}"
+
+    out = []
+    if "delta" in table and table["delta"].notna().any():
+        rows = table[table.method != baseline]
+        frame = pd.DataFrame(index=pd.Index(method_order(rows.method), name="method"))
+        for k in METRICS:
+            frame[f"Δ {k}"] = [cell_delta(rows[(rows.method == m) & (rows.metric == k)].iloc[0])
+                               for m in frame.index]
+        n = int(table["paired_seeds"].max())
+        out += [f"Paired by seed, Δ = method − {baseline} on the same seed (same diffusion model for the replay "
+                f"methods): mean [95% Student-t interval] over {n} seeds, * where the interval excludes 0, "
+                f"(seeds where the method's value is higher / seeds). Lower forgetting is better.\n",
+                markdown(frame)]
+    frame = pd.DataFrame(index=pd.Index(method_order(table.method), name="method"))
+    for k in METRICS:
+        frame[k] = [cell_abs(table[(table.method == m) & (table.metric == k)].iloc[0]) for m in frame.index]
+    frame["seeds"] = [int(table[table.method == m].seeds.iloc[0]) for m in frame.index]
+    out += ["Absolute values, mean ± standard deviation over seeds:\n", markdown(frame)]
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="mnist5k", choices=PRESETS)
     ap.add_argument("--methods", nargs="+", default=list(METHOD_ORDER), choices=METHOD_ORDER)
-    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     ap.add_argument("--workdir", default="compare-work", help="the scratch repository (kept: reruns reuse it)")
     ap.add_argument("--out", default="results/compare")
     ap.add_argument("--cache-dir", default=str(ROOT / ".dvc" / "cache"),
@@ -135,12 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     table = summarize(runs)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "runs.json", {"preset": args.preset, "runs": runs, "sharing_problems": problems})
-    with atomic_path(out / "runs.csv") as tmp:
-        pd.DataFrame(runs).drop(columns=["ran", "restored", "accuracy_matrix"]).to_csv(tmp, index=False)
-    with atomic_path(out / "summary.csv") as tmp:
-        table.to_csv(tmp)
-    atomic_write_text(out / "summary.md", markdown(table))
-    print(markdown(table))
+    for name, frame in (("runs.csv", pd.DataFrame(runs).drop(columns=["ran", "restored", "accuracy_matrix"])),
+                        ("paired.csv", paired_rows(runs)), ("summary.csv", table)):
+        with atomic_path(out / name) as tmp:
+            frame.to_csv(tmp, index=False, float_format="%.6g")
+    text = report_markdown(table)
+    atomic_write_text(out / "summary.md", text)
+    print(text)
     if problems:
         print("a diffusion stage trained more than once for one seed:\n" + "\n".join(problems), file=sys.stderr)
         return 1

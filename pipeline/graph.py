@@ -4,8 +4,9 @@ from this one list.
 
 Per task t: rehearsal-t{t} (t ≥ 1) → diffusion-t{t}; replay-t{t}-r{r} → classifier-t{t}-r{r} for
 r = 0 … R−1 (guided-replay methods in rounds mode; otherwise one classifier-t{t}); evaluate-t{t};
-then report. Every stage depends on check-graph, which stops the run when params.yaml's structure
-no longer matches the rendered graph.
+then report. Methods with generated replay also train the oracle, which measures every replay
+shard (metrics/replay/). Every stage depends on check-graph, which stops the run when params.yaml's
+structure no longer matches the rendered graph.
 """
 from __future__ import annotations
 
@@ -77,8 +78,13 @@ def build_graph(p: Params) -> list[Stage]:
     replay_keys = (SEED, "run.method", "data", *unet, "replay", "guidance", "classifier.arch",
                    "classifier.batch_size", "classifier.interval", "classifier.steps_later", "evaluate.grid_images")
 
-    # the diffusion branch: only as far as some classifier (or the reference's last task) needs it
+    # the oracle that judges replay, and the diffusion branch as far as some classifier (or the
+    # reference's last task) needs it
     if method.uses_diffusion:
+        add("oracle", "oracle", params=(SEED, "data", "classifier.arch", "classifier.momentum",
+                                        "classifier.weight_decay", "classifier.augmentation", "oracle",
+                                        "evaluate.batch_size"),
+            outs=(paths.ORACLE,), metrics=(paths.ORACLE_METRICS,))
         last = T if p.diffusion.train_last_task else T - 1
         for t in range(last):
             if t > 0:
@@ -98,23 +104,29 @@ def build_graph(p: Params) -> list[Stage]:
             suffix = f"-r{r}" if rounds > 1 else ""
             init = [paths.classifier(t, r - 1)] if r > 0 else prev
             deps, params, outs = list(init), classifier_keys(t), [paths.classifier(t, r)]
+            metrics: list[str] = []
             if generated and p.guidance.mode == "rounds":
-                guide_by = init if method.guidance == "new" else prev if method.guidance == "old" else []
-                add(f"replay-t{t}{suffix}", "replay", t, r, deps=(paths.diffusion(t - 1), *guide_by),
-                    params=replay_keys, outs=(paths.replay(t, r),),
+                # the round's starting classifier guides GUIDE's replay and measures every method's
+                old_guide = prev if method.guidance == "old" and r > 0 else []
+                add(f"replay-t{t}{suffix}", "replay", t, r, deps=(paths.diffusion(t - 1), *init, *old_guide,
+                                                                  paths.ORACLE),
+                    params=replay_keys, outs=(paths.replay(t, r),), metrics=(paths.replay_metrics(t, r),),
                     plots=(paths.replay_grid(t),) if r == 0 and method.guidance != "none" else ())
                 deps.append(paths.replay(t, r))
             elif generated:  # online: the classifier stage samples its own replay
-                deps.append(paths.diffusion(t - 1))
+                deps += [paths.diffusion(t - 1), paths.ORACLE]
                 params = tuple(dict.fromkeys(params + replay_keys))
                 outs.append(paths.replay(t, None))
+                metrics.append(paths.replay_metrics(t, None))
             add(f"classifier-t{t}{suffix}", "classifier", t, r, deps=deps, params=params, outs=outs,
+                metrics=metrics,
                 plots=(paths.replay_grid(t),) if generated and p.guidance.mode == "online" and method.guidance != "none"
                 else ())
         add(f"evaluate-t{t}", "evaluate", t, deps=(paths.classifier(t, rounds - 1),),
             params=(SEED, "data", "classifier.arch", "evaluate.batch_size"), outs=(paths.evaluation(t),))
 
-    add("report", "report", deps=tuple(paths.evaluation(t) for t in range(T)),
+    add("report", "report", deps=(*(paths.evaluation(t) for t in range(T)), *paths.all_replay_metrics(p),
+                             *([paths.ORACLE_METRICS] if method.uses_diffusion else [])),
         params=(SEED, "run.method", "data.dataset", "data.num_tasks", "tracking"),
         outs=(paths.ACCURACY_CSV,), metrics=(paths.SUMMARY,), plots=(paths.ACCURACY_PNG,))
     return stages

@@ -33,8 +33,25 @@ def stage_entry(st: Stage) -> dict:
     return entry
 
 
+# The committed evidence (pipeline.sweep gather, per preset): `dvc plots show` renders it beside the
+# run's own plots. A file not there yet is skipped by DVC.
+SWEEPS = ("mnist5k", "fashion_mnist5")
+
+
+def top_level_plots() -> list:
+    plots: list = []
+    for name in SWEEPS:
+        folder = f"results/sweep/{name}"
+        plots.append({f"sweep {name}: delta final average accuracy vs guidance scale, 95% CI": {
+            "template": "linear", "x": "mean_scale",
+            "y": {f"{folder}/sweep.csv": ["delta_final_average_accuracy", "delta_final_average_accuracy_low",
+                                         "delta_final_average_accuracy_high"]}}})
+        plots += [f"{folder}/delta.png", f"{folder}/mechanism.png"]
+    return plots
+
+
 def render(stages: list[Stage]) -> str:
-    doc = {"stages": {st.name: stage_entry(st) for st in stages}}
+    doc = {"stages": {st.name: stage_entry(st) for st in stages}, "plots": top_level_plots()}
     return HEADER + yaml.safe_dump(doc, sort_keys=False, width=120)
 
 

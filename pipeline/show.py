@@ -23,6 +23,14 @@ def main() -> int:
     print(frame.to_string(float_format=lambda v: f"{v:.3f}", na_rep="·"))
     for k in ("final_average_accuracy", "average_incremental_accuracy", "forgetting", "backward_transfer"):
         print(f"{k:30s} {summary[k]:.4f}")
+    if "replay" in summary:
+        r = summary["replay"]
+        print(f"replay, guided / unguided twin (every replay shard; oracle test accuracy "
+              f"{summary['oracle_test_accuracy']:.3f}):")
+        for k, name in (("oracle_accuracy", "oracle recognises the old class"),
+                        ("current_mass", "current classifier's mass on the current task"),
+                        ("current_pred_fraction", "current classifier predicts a current-task class")):
+            print(f"  {name:50s} {r['guided'][k]:.3f} / {r['unguided'][k]:.3f}")
     return 0
 
 

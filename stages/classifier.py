@@ -50,7 +50,7 @@ def online_source(ctx: Context, classifier: torch.nn.Module):
     def source(step: int):
         if step % interval == 0 or not bank:
             guide_by = classifier if replayer.method.guidance == "new" else None
-            images, labels, targets = replayer.draw(per, guide_by, noise, scales)
+            images, labels, targets = replayer.draw(per, guide_by, classifier, noise, scales)
             classifier.train()  # guidance put it in eval mode
             bank["x"], bank["y"] = images.to(ctx.device), labels.to(ctx.device)
             for k, v in zip(("images", "labels", "targets"), (images, labels, targets)):
@@ -58,6 +58,7 @@ def online_source(ctx: Context, classifier: torch.nn.Module):
         return bank["x"], bank["y"]
 
     def save() -> None:
+        replayer.save_mechanism(paths.replay_metrics(ctx.task, None), {"round": None})
         save_shard(paths.replay(ctx.task, None), torch.cat(record["images"]), torch.cat(record["labels"]),
                    replayer.manifest(None, {"round": None, "interval": interval, "per_chunk": per}),
                    extra={"targets": torch.cat(record["targets"])})

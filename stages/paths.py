@@ -19,8 +19,27 @@ def replay(task: int, round: int | None) -> str:
     return f"{ARTIFACTS}/replay/task{task}/" + ("online" if round is None else f"round{round}")
 
 
+def replay_metrics(task: int, round: int | None) -> str:
+    """The mechanism metrics of a replay shard (guide.mechanism): guided vs unguided from the same noise."""
+    return f"metrics/replay/task{task}" + ("" if round is None else f"-r{round}") + ".json"
+
+
+def all_replay_metrics(p) -> list[str]:
+    """The mechanism metrics files of every replay shard of the run `p` describes (none for methods
+    without generated replay)."""
+    if not p.generated_replay:
+        return []
+    online = p.guidance.mode == "online"
+    return [replay_metrics(t, None if online else r) for t in range(1, p.data.num_tasks)
+            for r in range(p.classifier_rounds(t))]
+
+
 def classifier(task: int, round: int) -> str:
     return f"{ARTIFACTS}/classifier/task{task}/round{round}.pt"
+
+
+ORACLE = f"{ARTIFACTS}/oracle.pt"
+ORACLE_METRICS = "metrics/oracle.json"
 
 
 def evaluation(task: int) -> str:

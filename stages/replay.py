@@ -1,6 +1,7 @@
 """Sample one guided replay shard for round r of task t ≥ 1 from diffusion(t−1)'s EMA weights,
 guided by the classifier as it stands after round r−1 (round 0: classifier(t−1)). Round 0 also
-draws the replay grid: unguided and guided samples from the same noise.
+draws the replay grid: unguided and guided samples from the same noise. Every chunk is also drawn
+unguided from the same noise, and both are measured (guide.mechanism) into the shard's metrics file.
 
     python -m stages.replay --task 1 --round 0
 """
@@ -12,7 +13,8 @@ import sys
 import torch
 
 from guide.continual import METHODS, generate, mixed_batch_sizes, replay_guidance, spread_labels
-from guide.io import save_shard, sha256_file
+from guide.io import atomic_write_json, save_shard, sha256_file
+from guide.mechanism import ReplayProbe
 from stages import paths, plots
 from stages.common import Context, ParamsError, log_image, run_stage, sampling_bar
 
@@ -37,6 +39,7 @@ class Replayer:
         self.prev_classifier = (ctx.load_classifier(ctx.final_classifier(t - 1))[0]
                                 if self.method.guidance == "old" else None)
         self.old = range(0, ctx.seen(t - 1))
+        self.probe = ReplayProbe(ctx.load_classifier(paths.ORACLE)[0], ctx.seen(), ctx.tasks[t])
 
     def guidance(self, classifier, generator: torch.Generator):
         lo, hi = self.ctx.params.guidance.bounds
@@ -45,14 +48,30 @@ class Replayer:
                                num_old=self.old.stop, current=self.ctx.tasks[self.ctx.task],
                                generator=generator)
 
-    def draw(self, n: int, classifier, generator: torch.Generator, scales: torch.Generator, callback=None):
-        """n replay images with labels uniform over the old classes; returns (images, labels, targets)."""
+    def draw(self, n: int, classifier, current, generator: torch.Generator, scales: torch.Generator,
+             callback=None):
+        """n replay images with labels uniform over the old classes, guided by `classifier` (GUIDE)
+        or the previous classifier (DDGR); returns (images, labels, targets). The same n images are
+        drawn unguided from the same noise too, and both are measured with the `current` classifier."""
         labels = torch.randint(self.old.start, self.old.stop, (n,), generator=generator)
         p = self.ctx.params.replay
+        twin = torch.Generator().set_state(generator.get_state())
         images, targets = generate(self.unet, self.schedule, labels.to(self.ctx.device), batch_size=p.batch_size,
-                                   sampler=p.sampler, eta=p.eta, generator=generator,
-                                   guidance_for=self.guidance(classifier, scales), callback=callback)
+                                   sampler=p.sampler, eta=p.eta, clip=self.ctx.params.guidance.clip_x0,
+                                   generator=generator, guidance_for=self.guidance(classifier, scales),
+                                   callback=callback)
+        plain = images
+        if bool((targets >= 0).any()):  # guided: draw the unguided twin from the same noise
+            plain, _ = generate(self.unet, self.schedule, labels.to(self.ctx.device), batch_size=p.batch_size,
+                                sampler=p.sampler, eta=p.eta, clip=self.ctx.params.guidance.clip_x0,
+                                generator=twin)
+        self.probe.add(images, plain, labels.to(self.ctx.device), current)
         return images.cpu(), labels, targets.cpu()
+
+    def save_mechanism(self, path: str, extra: dict) -> None:
+        lo, hi = self.ctx.params.guidance.bounds
+        atomic_write_json(path, {"task": self.ctx.task, "method": self.method.name, "scale_min": lo,
+                                 "scale_max": hi, **extra, **self.probe.result()})
 
     def grid(self, classifier) -> None:
         """Unguided and guided replay from the same noise and old-class labels, side by side."""
@@ -64,8 +83,8 @@ class Replayer:
         for guided in (False, True):
             factory = self.guidance(classifier, torch.Generator().manual_seed(seed + 1)) if guided else None
             runs.append(generate(self.unet, self.schedule, labels.to(ctx.device), batch_size=len(labels),
-                                 sampler=p.sampler, eta=p.eta, generator=torch.Generator().manual_seed(seed),
-                                 guidance_for=factory))
+                                 sampler=p.sampler, eta=p.eta, clip=ctx.params.guidance.clip_x0,
+                                 generator=torch.Generator().manual_seed(seed), guidance_for=factory))
         (plain, _), (steered, targets) = runs
         lo, hi = ctx.params.guidance.bounds
         scale = f"{lo}" if lo == hi else f"U[{lo}, {hi}]"
@@ -92,15 +111,17 @@ def run(ctx: Context) -> None:
         raise ParamsError(f"--task {t} --round {r}: no replay stage there for these params")
     replayer = Replayer(ctx)
     guide_path = (ctx.final_classifier(t - 1) if r == 0 else paths.classifier(t, r - 1))
-    classifier = ctx.load_classifier(guide_path)[0] if replayer.method.guidance == "new" else None
+    current = ctx.load_classifier(guide_path)[0]  # guides GUIDE's replay; measures every method's
+    classifier = current if replayer.method.guidance == "new" else None
     if r == 0 and replayer.method.guidance != "none":
         replayer.grid(classifier)
     chunks, per_chunk = shard_layout(ctx)
     bar, tick = sampling_bar(chunks * per_chunk, ctx.params.replay.batch_size, replayer.schedule.num_steps,
                              f"replay@{t}.{r}")
-    images, labels, targets = replayer.draw(chunks * per_chunk, classifier, ctx.generator("noise"),
+    images, labels, targets = replayer.draw(chunks * per_chunk, classifier, current, ctx.generator("noise"),
                                             ctx.generator("scales"), tick)
     bar.close()
+    replayer.save_mechanism(paths.replay_metrics(t, r), {"round": r})
     save_shard(paths.replay(t, r), images, labels,
                replayer.manifest(guide_path if classifier is not None else None,
                                  {"round": r, "chunks": chunks, "per_chunk": per_chunk}),

@@ -1,5 +1,7 @@
 """Collect every task's evaluation into the accuracy matrix (CSV), the final metrics (JSON, for
-`dvc metrics show` and `dvc exp show`) and the accuracy heatmap; print them.
+`dvc metrics show` and `dvc exp show`) and the accuracy heatmap; print them. With generated replay,
+the summary also holds the mechanism metrics (guide.mechanism) averaged over every replay shard,
+weighted by the number of samples, and the oracle's test accuracy.
 
     python -m stages.report
 """
@@ -12,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from guide.io import atomic_path, atomic_write_json
+from guide.mechanism import STATS, VIEWS
 from guide.metrics import summarize
 from stages import paths, plots
 from stages.common import Context, log, log_image, log_table, run_stage
@@ -26,6 +29,15 @@ def accuracy_matrix(num_tasks: int) -> np.ndarray:
     return a
 
 
+def replay_summary(files: list[str]) -> dict:
+    """Each view's mechanism statistics averaged over the replay shards, weighted by sample count."""
+    shards = [json.loads(open(f).read()) for f in files]
+    total = sum(s["count"] for s in shards)
+    out = {view: {k: round(sum(s[view][k] * s["count"] for s in shards) / total, 6) for k in STATS}
+           for view in (*VIEWS, "delta")}
+    return {"count": total, **out}
+
+
 def run(ctx: Context) -> None:
     n = ctx.params.data.num_tasks
     a = accuracy_matrix(n)
@@ -34,6 +46,10 @@ def run(ctx: Context) -> None:
         frame.to_csv(tmp, float_format="%.4f")
     summary = {**summarize(a), "method": ctx.params.run.method, "seed": ctx.params.run.seed,
                "num_tasks": n, "accuracy_matrix": [[None if np.isnan(v) else round(v, 4) for v in row] for row in a]}
+    mechanism = paths.all_replay_metrics(ctx.params)
+    if mechanism:
+        summary["replay"] = replay_summary(mechanism)
+        summary["oracle_test_accuracy"] = json.loads(open(paths.ORACLE_METRICS).read())["test_accuracy"]
     atomic_write_json(paths.SUMMARY, summary)
     title = f"{ctx.params.data.dataset}/{n}, {ctx.params.run.method}, seed {ctx.params.run.seed}"
     plots.accuracy_heatmap(paths.ACCURACY_PNG, a, title)
@@ -41,6 +57,11 @@ def run(ctx: Context) -> None:
     print(frame.to_string(float_format=lambda v: f"{v:.3f}", na_rep="·"))
     for k in ("final_average_accuracy", "average_incremental_accuracy", "forgetting", "backward_transfer"):
         print(f"{k:30s} {summary[k]:.4f}")
+    if mechanism:
+        r = summary["replay"]
+        print(f"replay (guided / unguided twin): oracle accuracy {r['guided']['oracle_accuracy']:.3f} / "
+              f"{r['unguided']['oracle_accuracy']:.3f}, current-task mass {r['guided']['current_mass']:.3f} / "
+              f"{r['unguided']['current_mass']:.3f}; oracle test accuracy {summary['oracle_test_accuracy']:.3f}")
     log({k: v for k, v in summary.items() if isinstance(v, float)})
     log_table("accuracy_matrix", frame.reset_index())
     log_image("accuracy_matrix", paths.ACCURACY_PNG)

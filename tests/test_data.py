@@ -276,3 +276,14 @@ def test_fashion_mnist_from_debian_package():
     assert d.train_x.shape == (60000, 1, 28, 28) and d.test_x.shape == (10000, 1, 28, 28)
     assert torch.bincount(d.train_y).tolist() == [6000] * 10 and torch.bincount(d.test_y).tolist() == [1000] * 10
     assert d.train_x.min() == -1 and d.train_x.max() == 1
+
+
+def test_torch_artifacts_are_byte_identical_whatever_their_file_name(tmp_path):
+    """The bytes of a saved artifact depend on its content only, not on the (temporary) name it was
+    written under, so DVC's hashes agree across reruns and clones."""
+    from guide.io import atomic_torch_save
+
+    obj = {"w": torch.arange(6.0).reshape(2, 3), "task": 1}
+    a, b = atomic_torch_save(tmp_path / "a.pt", obj), atomic_torch_save(tmp_path / "sub" / "other.pt", obj)
+    assert a.read_bytes() == b.read_bytes()
+    assert torch.equal(torch.load(b, weights_only=True)["w"], obj["w"])

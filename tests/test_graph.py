@@ -30,7 +30,7 @@ def test_check_fails_and_shows_the_difference_when_stale(tmp_path):
 
 def test_smoke_guide_graph():
     assert names(preset("smoke")) == [
-        "check-graph", "diffusion-t0", "rehearsal-t1", "diffusion-t1", "classifier-t0", "evaluate-t0",
+        "check-graph", "oracle", "diffusion-t0", "rehearsal-t1", "diffusion-t1", "classifier-t0", "evaluate-t0",
         "replay-t1-r0", "classifier-t1-r0", "replay-t1-r1", "classifier-t1-r1", "evaluate-t1", "report"]
 
 
@@ -71,6 +71,18 @@ def test_a_guidance_change_touches_only_replay_stages_params():
     stages = build_graph(preset("smoke"))
     readers = {s.name for s in stages if "guidance" in s.params}
     assert readers == {"replay-t1-r0", "replay-t1-r1"}
+    online = build_graph(preset("mnist5k"))  # the default: replay regenerated inside the classifier stage
+    assert {s.name for s in online if "guidance" in s.params} == {f"classifier-t{t}" for t in range(1, 5)}
+
+
+def test_every_replay_is_measured_by_the_oracle_and_reported():
+    for p in (preset("smoke"), preset("mnist5k"), preset("mnist5k", run={"method": "gr"})):
+        stages = {s.name: s for s in build_graph(p)}
+        makers = [s for s in stages.values() if any(o.startswith("artifacts/replay/") for o in s.outs)]
+        assert makers and all("artifacts/oracle.pt" in s.deps and len(s.metrics) == 1 for s in makers)
+        measured = [m for s in makers for m in s.metrics]
+        assert set(measured) <= set(stages["report"].deps) and "metrics/oracle.json" in stages["report"].deps
+    assert "oracle" not in names(preset("mnist5k", run={"method": "joint"}))
 
 
 def test_render_is_deterministic():

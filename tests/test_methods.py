@@ -47,6 +47,13 @@ def test_method_runs_two_tasks_end_to_end(tmp_path, monkeypatch, method):
         else:
             assert (targets == -1).all()
         assert (tmp_path / paths.replay_grid(1)).exists() == (method != "gr")
+        mechanism = [json.loads((tmp_path / paths.replay_metrics(1, r)).read_text()) for r in (0, 1)]
+        assert mechanism[0]["count"] == m["count"] and s["replay"]["count"] == sum(x["count"] for x in mechanism)
+        assert 0 <= s["replay"]["unguided"]["oracle_accuracy"] <= 1 and 0 < s["oracle_test_accuracy"] <= 1
+        if method == "gr":  # nothing guided: the twin is the replay itself
+            assert all(v == 0 for x in mechanism for v in x["delta"].values())
+    else:
+        assert "replay" not in s and not (tmp_path / paths.ORACLE).exists()
 
 
 def test_online_mode_records_what_it_generated(tmp_path, monkeypatch):
@@ -60,6 +67,8 @@ def test_online_mode_records_what_it_generated(tmp_path, monkeypatch):
     per_step = p.classifier.batch_size // 2  # task 1: half real, half replay
     assert shard["manifest"]["count"] == (steps // interval) * per_step  # regenerated every interval steps
     assert set(shard["targets"].tolist()) <= {2, 3}
+    mechanism = json.loads((tmp_path / paths.replay_metrics(1, None)).read_text())
+    assert mechanism["count"] == shard["manifest"]["count"]
 
 
 def test_same_seed_same_tensors(tmp_path, monkeypatch):

@@ -60,7 +60,7 @@ def restore(path, env):
 
 def test_cold_repro_runs_every_stage_and_writes_the_outputs(repo):
     path, env, first = repo
-    assert len(ran(first)) == 12
+    assert len(ran(first)) == 13
     summary = json.loads((path / "metrics/summary.json").read_text())
     assert summary["method"] == "guide" and len(summary["accuracy_matrix"]) == 2
     assert (path / "plots/accuracy_matrix.png").exists() and (path / "plots/replay/task1.png").exists()
@@ -78,7 +78,7 @@ def test_second_repro_runs_no_stage(repo):
 def test_flow_after_repro_reruns_nothing(repo):
     path, env, _ = repo
     r = sh("python -m pipeline.flow", path, env=env)
-    assert "0 of 12 stages ran" in r.stdout
+    assert "0 of 13 stages ran" in r.stdout
 
 
 def test_guidance_scale_experiment_reruns_only_the_classifier_branch(repo):
@@ -122,7 +122,7 @@ def test_flow_reruns_what_changed_and_leaves_dvc_status_clean(repo):
     params = (path / "params.yaml").read_text()
     (path / "params.yaml").write_text(params.replace("batch_size: 500", "batch_size: 250"))
     r = sh("python -m pipeline.flow", path, env=env)
-    assert re.search(r"[23] of 12 stages ran: evaluate-t0, evaluate-t1", r.stdout), r.stdout[-500:]
+    assert re.search(r"[23] of 13 stages ran: evaluate-t0, evaluate-t1", r.stdout), r.stdout[-500:]
     status = sh("dvc status", path, env=env)
     assert "up to date" in status.stdout
     restore(path, env)

@@ -1,0 +1,43 @@
+"""Train the oracle: a classifier of the run's architecture on every real training image of every
+class at once. It never guides anything; it judges replay (guide.mechanism): is a replayed sample
+still the old class it was conditioned on? Its own test accuracy goes to metrics/oracle.json, the
+ceiling against which its judgement is read.
+
+    python -m stages.oracle
+"""
+from __future__ import annotations
+
+import sys
+
+from guide.augment import make_augmentation
+from guide.continual import evaluate, make_optimizer, train_classifier
+from guide.io import atomic_torch_save, atomic_write_json
+from stages import paths
+from stages.common import Context, progress, run_stage
+
+
+def run(ctx: Context) -> None:
+    p, c, data = ctx.params.oracle, ctx.params.classifier, ctx.data
+    model = ctx.new_classifier()
+    optimizer = make_optimizer(model, p.lr, c.momentum, c.weight_decay)
+    bar = progress(p.steps, "oracle")
+    train_classifier(model, optimizer, data.train_x.to(ctx.device), data.train_y.to(ctx.device),
+                     steps=range(p.steps), total_steps=p.steps, batch_size=p.batch_size, lr=p.lr,
+                     num_seen=data.num_classes, task=0,
+                     augment=make_augmentation(c.augmentation, data.channels, data.image_size),
+                     generator=ctx.generator("batches"), callback=lambda step, loss: bar.update(1))
+    bar.close()
+    every = [range(0, data.num_classes)]
+    accuracy = evaluate(model, data.test_x.to(ctx.device), data.test_y.to(ctx.device), every,
+                        num_seen=data.num_classes, batch_size=ctx.params.evaluate.batch_size)[0]
+    atomic_torch_save(paths.ORACLE, {"model": model.state_dict()})
+    atomic_write_json(paths.ORACLE_METRICS, {"test_accuracy": round(accuracy, 6), "steps": p.steps})
+    print(f"oracle: test accuracy {accuracy:.4f} over all {data.num_classes} classes")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage("oracle", run, argv, __doc__)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Paired statistics over seeds (pipeline.stats) and the comparison table built on them."""
+import math
+
+import pytest
+
+from pipeline.compare import paired_rows, report_markdown, summarize
+from pipeline.stats import paired_ci, paired_differences
+
+
+def test_paired_ci_of_a_known_sample():
+    # differences 1..5: mean 3, sd √2.5, se √0.5; t(0.975, 4) = 2.776445
+    ci = paired_ci([1, 2, 3, 4, 5])
+    assert ci.n == 5 and ci.mean == 3 and ci.wins == 5
+    assert ci.std == pytest.approx(math.sqrt(2.5))
+    assert ci.high - ci.mean == pytest.approx(2.776445 * math.sqrt(0.5), rel=1e-6)
+    assert ci.low == pytest.approx(3 - 1.963243, abs=1e-5) and ci.significant
+
+
+def test_an_interval_that_covers_zero_is_not_significant():
+    ci = paired_ci([0.02, -0.03, 0.01, -0.01, 0.0])
+    assert ci.low < 0 < ci.high and not ci.significant and ci.wins == 2
+    assert math.isnan(paired_ci([0.1]).low) and not paired_ci([0.1]).significant
+
+
+def test_pairing_removes_the_variance_shared_by_a_seed():
+    """guide = gr + 0.02 on every seed, while seeds differ by 0.2: unpaired the difference is lost in
+    the spread; paired it is exact."""
+    runs = []
+    for seed, level in enumerate([0.40, 0.60, 0.50, 0.70, 0.45]):
+        runs.append({"method": "gr", "seed": seed, "final_average_accuracy": level,
+                     "average_incremental_accuracy": level, "forgetting": 1 - level})
+        runs.append({"method": "guide", "seed": seed, "final_average_accuracy": level + 0.02,
+                     "average_incremental_accuracy": level - 0.01, "forgetting": 1 - level})
+    diffs = paired_differences({(r["method"], r["seed"]): r["final_average_accuracy"] for r in runs}, "gr")
+    assert set(diffs) == {"guide"} and all(d == pytest.approx(0.02) for d in diffs["guide"].values())
+    table = summarize(runs).set_index(["method", "metric"])
+    final = table.loc[("guide", "final_average_accuracy")]
+    assert final.delta == pytest.approx(0.02) and final.delta_low == pytest.approx(0.02)
+    assert final.significant and final.higher_seeds == 5 and final.paired_seeds == 5
+    assert final["std"] > 0.1  # the unpaired spread dwarfs the effect
+    assert table.loc[("guide", "average_incremental_accuracy")].delta == pytest.approx(-0.01)
+    assert len(paired_rows(runs)) == 3 * 5  # (guide, seed, metric)
+    md = report_markdown(summarize(runs))
+    first_row = md.split("\n| guide |")[1].split("\n")[0]
+    assert first_row.strip().startswith("+0.020 [+0.020, +0.020] * (5/5)")

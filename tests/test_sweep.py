@@ -1,0 +1,98 @@
+"""The guidance-scale sweep (pipeline.sweep): gathering queued experiments into paired differences,
+and, on the smoke preset, 2 scales × 2 seeds queued and run with DVC, each seed's diffusion branch
+trained once."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from params import dump_params, preset
+from pipeline.sweep import aggregate, queue_commands, select, sharing_problems
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _row(seed, scale, final, scale_max=None, ran=()):
+    mech = {f"{v}_{k}": 0.5 for v in ("guided", "unguided") for k in
+            ("oracle_label_prob", "oracle_accuracy", "current_mass", "current_pred_fraction")}
+    return {"name": f"s{scale}-{seed}", "seed": seed, "scale": scale, "scale_max": scale_max,
+            "point": f"{scale:g}" if scale_max is None else f"U[{scale:g}, {scale_max:g}]",
+            "mean_scale": scale if scale_max is None else (scale + scale_max) / 2, "final_average_accuracy": final,
+            "average_incremental_accuracy": final, "forgetting": 1 - final, "ran": list(ran), **mech}
+
+
+def test_aggregate_pairs_each_point_with_scale_zero_on_the_same_seed():
+    rows = [_row(0, 0.0, 0.50), _row(1, 0.0, 0.70), _row(2, 0.0, 0.60),
+            _row(0, 0.5, 0.53), _row(1, 0.5, 0.73), _row(2, 0.5, 0.63),
+            _row(0, 0.0, 0.40, scale_max=1.0), _row(1, 0.0, 0.75, scale_max=1.0)]
+    table = aggregate(rows).set_index("point")
+    assert list(table.index) == ["0", "0.5", "U[0, 1]"]  # by mean scale
+    assert table.loc["0.5", "delta_final_average_accuracy"] == pytest.approx(0.03)
+    assert table.loc["0.5", "delta_final_average_accuracy_low"] == pytest.approx(0.03)  # no spread once paired
+    assert table.loc["U[0, 1]", "delta_final_average_accuracy_seeds"] == 2
+    assert table.loc["U[0, 1]", "delta_final_average_accuracy"] == pytest.approx((-0.10 + 0.05) / 2)
+    assert table.loc["0", "delta_final_average_accuracy"] == 0
+
+
+def test_a_diffusion_stage_trained_twice_for_one_seed_is_reported():
+    ok = [_row(0, 0.0, 0.5, ran=["diffusion-t0", "classifier-t1"]), _row(0, 1.0, 0.5, ran=["classifier-t1"]),
+          _row(1, 0.0, 0.5, ran=["diffusion-t0"])]
+    assert sharing_problems(ok) == []
+    bad = ok + [_row(1, 1.0, 0.5, ran=["diffusion-t0"])]
+    assert sharing_problems(bad) == ["seed 1: diffusion-t0 trained in s0.0-1, s1.0-1"]
+
+
+def test_select_keeps_only_experiments_that_differ_in_the_swept_keys():
+    base = {"guidance.scale": 0.1, "guidance.scale_max": None, "run.seed": 0, "diffusion.steps_first": 700}
+    exps = [{"name": "a", "params": {**base, "guidance.scale": 0.0, "run.seed": 3}},
+            {"name": "b", "params": {**base, "diffusion.steps_first": 1000}},
+            {"name": "c", "params": {**base, "guidance.scale": 0.0, "run.seed": 3}}]
+    assert [e["name"] for e in select(exps, base)] == ["a"]  # b changed another key; c repeats a's point
+
+
+def test_queue_commands_are_dvc_grids_over_seeds():
+    cmds = queue_commands([(0.0, None), (0.0, 0.5)], [0, 1, 2])
+    assert cmds[0] == ["exp", "run", "--queue", "-S", "guidance.scale=0", "-S", "guidance.scale_max=null",
+                       "-S", "run.seed=0,1,2"]
+    assert "guidance.scale_max=0.5" in cmds[1]
+
+
+@pytest.mark.slow
+def test_smoke_sweep_runs_queued_experiments_and_trains_each_seeds_diffusion_once(tmp_path):
+    repo, out = tmp_path / "repo", tmp_path / "out"
+    tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout.split()
+    for f in tracked:
+        if (ROOT / f).is_file() and not f.startswith(("artifacts/", "metrics/", "plots/", "results/")) and f != "dvc.lock":
+            (repo / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, repo / f)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+           "WANDB_MODE": "disabled", "PYTHONDONTWRITEBYTECODE": "1", "GIT_AUTHOR_NAME": "t",
+           "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+    (repo / "params.yaml").write_text(dump_params(preset("smoke")))
+    subprocess.run("git init -q && python -m pipeline.render && git add -A && git commit -qm smoke", shell=True,
+                   cwd=repo, env=env, check=True, capture_output=True)
+    r = subprocess.run([sys.executable, "-m", "pipeline.sweep", "run", "--scales", "0", "1", "--ranges",
+                        "--seeds", "0", "1", "--out", str(out)], cwd=repo, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    status = subprocess.run(["dvc", "queue", "status"], cwd=repo, env=env, capture_output=True, text=True).stdout
+    assert status.count("Success") == 4 and "Failed" not in status
+    record = json.loads((out / "runs.json").read_text())
+    assert record["logs_found"] == 4 and record["sharing_problems"] == []
+    for seed in (0, 1):
+        runs = [x for x in record["runs"] if x["seed"] == seed]
+        assert sorted(x["scale"] for x in runs) == [0.0, 1.0]
+        trained = [x for x in runs if "diffusion-t0" in x["ran"]]
+        assert len(trained) == 1  # the other experiment of this seed restored it from the run cache
+        other = next(x for x in runs if x is not trained[0])
+        assert {"diffusion-t0", "diffusion-t1", "rehearsal-t1"} <= set(other["restored"])
+        assert {"replay-t1-r0", "classifier-t1-r1"} <= set(other["ran"])
+    table = pd.read_csv(out / "sweep.csv")
+    assert list(table.point) == ["0", "1"] and table.set_index("point").loc["1", "delta_final_average_accuracy_seeds"] == 2
+    assert (out / "delta.png").stat().st_size > 0 and (out / "mechanism.png").stat().st_size > 0
+    assert "| 1 |" in (out / "sweep.md").read_text()
