@@ -6,7 +6,7 @@ export DVC_NO_ANALYTICS := 1
 export WANDB_MODE ?= disabled
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install demo test render smoke flow compare clean
+.PHONY: install demo test render smoke flow compare sweep clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ render: install
 flow: install .dvc
 	$(BIN)/python -m pipeline.flow
 
-# finetune, gr, ddgr, guide, joint × seeds 0 1 2 on mnist5k → results/compare/summary.{csv,md}
+# the evidence, on PRESET (mnist5k, or fashion_mnist5 — see README "Does guidance help?"):
+# finetune, gr, ddgr, guide, joint × seeds 0-4, paired Δ vs gr → results/compare/PRESET/summary.md
+PRESET ?= mnist5k
 compare: install
-	$(BIN)/python -m pipeline.compare
+	$(BIN)/python -m pipeline.compare --preset $(PRESET) --workdir compare-work/$(PRESET) --out results/compare/$(PRESET)
+
+# the guidance-scale sweep as queued DVC experiments, seeds 0-4 → results/sweep/PRESET/{sweep.md,delta.png,mechanism.png}
+sweep: install
+	$(BIN)/python -m pipeline.sweep run --preset $(PRESET) --out results/sweep/$(PRESET)

@@ -16,8 +16,11 @@ class ParamsError(ValueError):
 def _describe(err: ValidationError, source: str) -> str:
     lines = []
     for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        field = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
+        if not field:  # a check across fields: its message names the fields and the values
+            lines.append(f"{source}: {msg}")
+            continue
         got = "" if e["type"] == "missing" else f" (got {e['input']!r})"
         if e["type"] == "extra_forbidden":
             msg, got = "unknown key", ""
@@ -34,15 +37,37 @@ def params_from_dict(raw: dict, source: str = "params") -> Params:
         raise ParamsError(_describe(err, source)) from None
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping (DVC refuses such a file too)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ParamsError(f"{self.name}: key {key!r} is given twice, on line {seen[key]} and line {line}")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
+    write_one = "write one with `python -m params --preset NAME -o params.yaml`"
     if not path.exists():
-        raise ParamsError(f"{path}: no such params file (write one with `python -m params --preset NAME`)")
+        raise ParamsError(f"{path}: no such params file ({write_one})")
     try:
-        raw = yaml.safe_load(path.read_text())
+        loader = _UniqueKeyLoader(path.read_text())
+        loader.name = str(path)
+        try:
+            raw = loader.get_single_data()
+        finally:
+            loader.dispose()
     except yaml.YAMLError as err:
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
-    return params_from_dict(raw or {}, str(path))
+    if not raw:
+        raise ParamsError(f"{path}: empty — DVC needs every key the stages read; {write_one}")
+    return params_from_dict(raw, str(path))
 
 
 def dump_params(p: Params) -> str:

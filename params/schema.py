@@ -10,8 +10,9 @@ import hashlib
 import json
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
+from guide.diffusion import respaced_timesteps
 
 
 class Group(BaseModel):
@@ -73,9 +74,15 @@ class Diffusion(Group):
 
 class Sampling(Group):
     sampler: Literal["ddim", "ddpm"] = "ddim"
-    respacing: str = "ddim20"  # "ddimN" (DDIM stride) or section counts like "250" / "10,20"
+    respacing: str = "ddim20"  # "ddimN" (DDIM stride) or section counts like "250" / "10,20"; "" = every step
     eta: float = Field(0.0, ge=0)
     batch_size: PositiveInt = 100  # images per sampling batch
+
+    @field_validator("respacing", mode="before")
+    @classmethod
+    def _respacing_text(cls, v):
+        # `-S replay.respacing=250` reaches params.yaml as an integer
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
 class Rehearsal(Sampling):
@@ -160,6 +167,17 @@ class Params(Group):
             if d.num_tasks < 2 or first >= n or (n - first) % (d.num_tasks - 1):
                 raise ValueError(f"data.first_task_classes: {first} first-task classes leave {n - first} "
                                  f"that cannot be split into {d.num_tasks - 1} equal tasks")
+        for group in ("rehearsal", "replay"):
+            spec = getattr(self, group).respacing
+            n = self.diffusion.num_timesteps
+            try:
+                steps = respaced_timesteps(n, spec)
+            except ValueError as err:  # a section too small, no stride that fits, or not a number
+                why = str(err).split(": ", 1)[-1] if str(err).startswith("respacing") else (
+                    "expected 'ddimN', section counts like '250' or '10,20', or '' for every step")
+                raise ValueError(f"{group}.respacing: {spec!r}: {why} (diffusion.num_timesteps={n})") from None
+            if not steps:
+                raise ValueError(f"{group}.respacing: {spec!r} gives no sampling steps (diffusion.num_timesteps={n})")
         if self.classifier.steps_later % self.replay.rounds:
             raise ValueError(f"replay.rounds: classifier.steps_later={self.classifier.steps_later} is not "
                              f"divisible by {self.replay.rounds} rounds")

@@ -45,21 +45,30 @@ def _env() -> dict:
     return {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
 
 
-def scratch_repo(workdir: Path, cache_dir: Path) -> None:
-    """A git repository holding the project's tracked files (no outputs), with DVC initialised and its
-    cache (run cache included) at `cache_dir`: by default the project's own, so a `make demo` run is
-    reused by the comparison and the comparison's runs by later `dvc repro`s."""
-    if (workdir / ".git").exists():
-        return
+def scratch_repo(workdir: Path, cache_dir: Path, params_text: str | None = None) -> None:
+    """A git repository holding the project's tracked files as they are now (no outputs), with DVC
+    initialised and its cache (run cache included) at `cache_dir`: by default the project's own, so a
+    `make demo` run is reused by the comparison and the comparison's runs by later `dvc repro`s. An
+    existing one is brought up to date with the project's files first, so it never runs old code.
+    With `params_text`, that params.yaml and its rendered dvc.yaml are committed instead of the
+    project's. A new commit is made only when something changed."""
+    workdir.mkdir(parents=True, exist_ok=True)
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     for f in files:
         if (ROOT / f).is_file() and not f.startswith(("metrics/", "plots/", "results/")) and f != "dvc.lock":
             (workdir / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, workdir / f)
-    subprocess.run("git init -q && git add -A && git -c user.name=compare -c user.email=compare@localhost "
-                   "commit -qm 'comparison scratch repository'", shell=True, cwd=workdir, check=True)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["dvc", "cache", "dir", "--local", str(cache_dir)], cwd=workdir, check=True, env=_env())
+    if params_text is not None:
+        (workdir / "params.yaml").write_text(params_text)
+        subprocess.run([sys.executable, "-m", "pipeline.render"], cwd=workdir, check=True, env=_env(),
+                       capture_output=True)
+    fresh = not (workdir / ".git").exists()
+    subprocess.run(("git init -q && " if fresh else "") + "git add -A && (git diff --cached --quiet || "
+                   "git -c user.name=scratch -c user.email=scratch@localhost commit -qm 'project files')",
+                   shell=True, cwd=workdir, check=True)
+    if fresh:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        subprocess.run(["dvc", "cache", "dir", "--local", str(cache_dir)], cwd=workdir, check=True, env=_env())
 
 
 def reproduce(workdir: Path, preset_name: str, method: str, seed: int) -> dict:
@@ -184,7 +193,6 @@ def main(argv: list[str] | None = None) -> int:
                     help="DVC cache (and run cache) the scratch repository uses; default: the project's")
     args = ap.parse_args(argv)
     workdir, out = Path(args.workdir).resolve(), Path(args.out)
-    workdir.mkdir(parents=True, exist_ok=True)
     scratch_repo(workdir, Path(args.cache_dir).resolve())
     methods = [m for m in METHOD_ORDER if m in args.methods]
     runs = []

@@ -1,10 +1,15 @@
 """The guidance-scale sweep as queued DVC experiments, and one table and plot that answer "does
 guidance help, and at which scale?".
 
-    python -m pipeline.sweep run                       # queue the grid below, run it, gather it
+    python -m pipeline.sweep run                       # in this repository, on the committed params.yaml
     python -m pipeline.sweep queue --scales 0 0.1 1 --seeds 0 1     # only queue (prints the DVC commands)
     dvc queue start -j 1                               # ... run the queue yourself, then:
-    python -m pipeline.sweep gather --out results/sweep/mnist5k
+    python -m pipeline.sweep gather --out results/sweep/mine
+    python -m pipeline.sweep run --preset mnist5k --out results/sweep/mnist5k   # what `make sweep` runs
+
+With --preset, the sweep runs in a scratch repository (--workdir, default sweep-work/PRESET) that
+holds the project's tracked files and the preset's params.yaml, committed, and shares the project's
+DVC cache — so it reuses what `make demo` and `make compare` trained for the same seeds.
 
 Each point of the grid is one `dvc exp run --queue -S guidance.scale=S -S guidance.scale_max=M
 -S run.seed=0,1,…` on the committed params.yaml (method guide). Scale 0 is unguided replay — the `gr`
@@ -33,8 +38,8 @@ from pathlib import Path
 import pandas as pd
 
 from guide.io import atomic_path, atomic_write_json, atomic_write_text
-from params import ParamsError, load_params
-from pipeline.compare import _env, markdown
+from params import PRESETS, ParamsError, dump_params, load_params, preset
+from pipeline.compare import ROOT, _env, markdown, scratch_repo
 from pipeline.stats import paired_ci
 
 SCALES = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # 0 = gr; well below and above the default
@@ -113,6 +118,9 @@ def experiments(root: Path, rev: str = "HEAD") -> list[dict]:
     out = []
     for baseline in shown:
         for group in baseline.get("experiments") or []:
+            state = (group.get("executor") or {}).get("state", "success")
+            if state != "success":  # queued, running or failed: its data is not its own yet
+                continue
             for exp in group.get("revs") or []:
                 data = exp.get("data") or {}
                 params = (data.get("params") or {}).get("params.yaml", {}).get("data")
@@ -325,11 +333,21 @@ def parse_points(scales: list[float], ranges: list[str]) -> list[tuple[float, fl
     return points
 
 
+def preset_repo(workdir: Path, name: str, cache_dir: Path) -> Path:
+    """A scratch repository whose committed params.yaml (and dvc.yaml) is preset `name`."""
+    scratch_repo(workdir, cache_dir, params_text=dump_params(preset(name)))
+    return workdir
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.sweep", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("action", choices=("run", "queue", "gather"))
     ap.add_argument("--root", default=".", help="the repository (committed params.yaml and dvc.yaml)")
+    ap.add_argument("--preset", choices=PRESETS, help="run in a scratch repository on this preset instead")
+    ap.add_argument("--workdir", help="the scratch repository of --preset (default sweep-work/PRESET)")
+    ap.add_argument("--cache-dir", default=str(ROOT / ".dvc" / "cache"),
+                    help="DVC cache of the scratch repository; default: the project's")
     ap.add_argument("--scales", nargs="+", type=float, default=list(SCALES), help="one point per scale (0 = gr)")
     ap.add_argument("--ranges", nargs="*", default=[f"{a:g}:{b:g}" for a, b in RANGES],
                     help="points with per-sample scales U[LOW, HIGH]")
@@ -340,6 +358,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--title", help="plot title (default: dataset/tasks, guide)")
     args = ap.parse_args(argv)
     root = Path(args.root).resolve()
+    if args.preset:
+        root = preset_repo(Path(args.workdir or f"sweep-work/{args.preset}").resolve(), args.preset,
+                           Path(args.cache_dir).resolve())
     try:
         p = load_params(root / "params.yaml")
     except ParamsError as err:

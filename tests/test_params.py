@@ -77,3 +77,35 @@ def test_stage_with_bad_params_exits_2_and_writes_nothing(tmp_path):
                        cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 2 and "run.seed" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+@pytest.mark.parametrize("spec", ["0", "-1", "ddim0", "ddim99999", "ddimabc", "2000"])
+def test_a_respacing_that_cannot_sample_is_rejected_at_load(spec):
+    msg = _err({"replay": {"respacing": spec}})
+    assert msg.startswith(f"params.yaml: replay.respacing: {spec!r}") and "\n" not in msg
+    assert "{" not in msg  # the offending value only, not the whole params dict
+    assert _err({"rehearsal": {"respacing": spec}}).startswith("params.yaml: rehearsal.respacing:")
+
+
+def test_an_integer_respacing_is_accepted_as_dvc_passes_it():
+    p = params_from_dict({"replay": {"respacing": 250}, "rehearsal": {"respacing": 50}})
+    assert (p.replay.respacing, p.rehearsal.respacing) == ("250", "50")
+
+
+def test_a_cross_field_error_shows_the_values_not_the_whole_params():
+    msg = _err({"data": {"num_tasks": 3}, "run": {"seed": 4}})
+    assert msg == "params.yaml: data.num_tasks: 10 classes cannot be split into 3 equal tasks"
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", "empty"), ("run:\n  seed: 1\n  method: gr\n  seed: 2\n", "key 'seed' is given twice, on line 2 and line 4")])
+def test_empty_or_duplicate_keys_exit_2_and_write_nothing(tmp_path, text, expected):
+    bad = tmp_path / "params.yaml"
+    bad.write_text(text)
+    for cmd in (["-m", "params", "--check", str(bad)], ["-m", "pipeline.render", "--params", str(bad),
+                                                         "--output", str(tmp_path / "dvc.yaml")]):
+        r = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, cwd=ROOT)
+        assert r.returncode == 2 and expected in r.stderr, r.stderr
+    if not text:
+        assert "python -m params --preset NAME -o params.yaml" in r.stderr
+    assert list(tmp_path.iterdir()) == [bad] and bad.read_text() == text
