@@ -42,7 +42,9 @@ _OVERRIDES: dict[str, dict] = {
     # Sized so the whole `dvc repro` fits well inside 20 minutes on 2 cores (measured time: README).
     "mnist5k": {
         "data": {"image_size": 16},
-        "diffusion": {"unet": {"attention_resolutions": []}, "steps_first": 700, "steps_later": 400,
+        # diffusion steps chosen by replay quality (results/diffusion_size): the most the 20-minute
+        # `make demo` allows on 2 cores
+        "diffusion": {"unet": {"attention_resolutions": []}, "steps_first": 2000, "steps_later": 1200,
                       "lr": 1e-3, "ema_decay": 0.995, "train_last_task": False},
         "rehearsal": {"per_task": 200, "respacing": "ddim20"},
         "replay": {"respacing": "ddim10", "rounds": 1},
