@@ -82,8 +82,7 @@ def build_graph(p: Params) -> list[Stage]:
     # reference's last task) needs it
     if method.uses_diffusion:
         add("oracle", "oracle", params=(SEED, "data", "classifier.arch", "classifier.momentum",
-                                        "classifier.weight_decay", "classifier.augmentation", "oracle",
-                                        "evaluate.batch_size"),
+                                        "classifier.weight_decay", "classifier.augmentation", "oracle"),
             outs=(paths.ORACLE,), metrics=(paths.ORACLE_METRICS,))
         last = T if p.diffusion.train_last_task else T - 1
         for t in range(last):

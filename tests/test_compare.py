@@ -27,5 +27,10 @@ def test_compare_trains_each_seeds_diffusion_once(tmp_path):
     assert {"diffusion-t0", "diffusion-t1"} <= set(runs["gr"]["restored"])
     assert list((tmp_path / "cache").iterdir()), "the run cache went somewhere other than --cache-dir"
     md = (out / "summary.md").read_text()
-    assert md.splitlines()[0].startswith("| method | final_average_accuracy") and "| guide |" in md
-    assert (out / "summary.csv").exists() and (out / "runs.csv").exists()
+    tables = [line for line in md.splitlines() if line.startswith("| method |")]
+    assert tables[0].startswith("| method | Δ final_average_accuracy")  # the paired table leads
+    assert tables[1].startswith("| method | final_average_accuracy")
+    paired = md.split(tables[0])[1].split("\n\n")[0]
+    assert "| guide |" in paired and "| gr |" not in paired  # gr is the baseline every row is paired with
+    assert (out / "summary.csv").exists() and (out / "runs.csv").exists() and (out / "paired.csv").exists()
+    assert "replay_unguided_oracle_accuracy" in (out / "runs.csv").read_text().splitlines()[0]

@@ -92,7 +92,7 @@ def test_smoke_sweep_runs_queued_experiments_and_trains_each_seeds_diffusion_onc
         other = next(x for x in runs if x is not trained[0])
         assert {"diffusion-t0", "diffusion-t1", "rehearsal-t1"} <= set(other["restored"])
         assert {"replay-t1-r0", "classifier-t1-r1"} <= set(other["ran"])
-    table = pd.read_csv(out / "sweep.csv")
+    table = pd.read_csv(out / "sweep.csv", dtype={"point": str})
     assert list(table.point) == ["0", "1"] and table.set_index("point").loc["1", "delta_final_average_accuracy_seeds"] == 2
     assert (out / "delta.png").stat().st_size > 0 and (out / "mechanism.png").stat().st_size > 0
     assert "| 1 |" in (out / "sweep.md").read_text()
