@@ -42,7 +42,7 @@ from params import PRESETS, ParamsError, dump_params, load_params, preset
 from pipeline.compare import ROOT, _env, markdown, scratch_repo
 from pipeline.stats import paired_ci
 
-SCALES = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0)  # 0 = gr; well below and above the default
+SCALES = (0.0, 0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 3.0)  # 0 = gr; well below and above the default; 0.5 = CIFAR-10/5
 RANGES = ((0.0, 0.2),)  # per-sample U[scale, scale_max] as the reference can draw them; mean = the default
 SEEDS = (0, 1, 2, 3, 4)
 SWEPT = ("guidance.scale", "guidance.scale_max", "run.seed")
