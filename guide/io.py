@@ -56,6 +56,62 @@ def atomic_torch_save(path: str | Path, obj: Any) -> Path:
     return _write(path, lambda p: p.write_bytes(data))
 
 
+class CorruptArtifactError(ValueError):
+    """An artifact that cannot be read or whose content differs from the hash written with it."""
+
+
+def _digest_into(h, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"tensor {t.dtype} {tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"dict {len(obj)}|".encode())
+        for k in sorted(obj, key=lambda k: (type(k).__name__, str(k))):
+            h.update(f"{type(k).__name__}:{k}=".encode())
+            _digest_into(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"{type(obj).__name__} {len(obj)}|".encode())
+        for v in obj:
+            _digest_into(h, v)
+    else:
+        h.update(f"{type(obj).__name__}:{obj!r}|".encode())
+
+
+def content_digest(obj: Any) -> str:
+    """sha256 over a nested structure of dicts, lists and tensors (dtype, shape and bytes), the same
+    wherever the tensors live."""
+    h = hashlib.sha256()
+    _digest_into(h, obj)
+    return h.hexdigest()
+
+
+def save_checkpoint(path: str | Path, obj: dict) -> Path:
+    """Save a checkpoint dict atomically with the hash of its content (`sha256`), which
+    `load_checkpoint` checks."""
+    return atomic_torch_save(path, {**obj, "sha256": content_digest(obj)})
+
+
+def load_checkpoint(path: str | Path, map_location=None) -> dict:
+    """A checkpoint written by `save_checkpoint`, after checking its content against its hash."""
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # a damaged zip, a truncated file: torch's message varies
+        raise CorruptArtifactError(f"{path}: not a readable checkpoint ({type(err).__name__}); "
+                                   f"rerun the stage that writes it") from None
+    expected = ckpt.pop("sha256", None) if isinstance(ckpt, dict) else None
+    if expected is None:
+        raise CorruptArtifactError(f"{path}: no content hash in it (not written by save_checkpoint); "
+                                   f"rerun the stage that writes it")
+    found = content_digest(ckpt)
+    if found != expected:
+        raise CorruptArtifactError(f"{path}: content hash {found[:16]} differs from the {expected[:16]} "
+                                   f"written with it — the file is corrupt; rerun the stage that writes it")
+    return ckpt
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -85,6 +141,8 @@ def load_shard(folder: str | Path) -> dict[str, Any]:
     if not manifest_path.exists():
         raise FileNotFoundError(f"{manifest_path}: no manifest — the shard is missing or unfinished")
     manifest = json.loads(manifest_path.read_text())
-    if sha256_file(folder / "shard.pt") != manifest["sha256"]:
-        raise ValueError(f"{folder / 'shard.pt'}: content hash differs from its manifest")
+    found = sha256_file(folder / "shard.pt")
+    if found != manifest["sha256"]:
+        raise CorruptArtifactError(f"{folder / 'shard.pt'}: content hash {found[:16]} differs from the "
+                                   f"{manifest['sha256'][:16]} in its manifest — the shard is corrupt")
     return {**torch.load(folder / "shard.pt", weights_only=True), "manifest": manifest}

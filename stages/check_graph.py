@@ -11,6 +11,7 @@ import sys
 from guide.io import atomic_write_text
 from params import ParamsError, load_params
 from stages import paths
+from stages.tracking import wandb_key_problem
 
 RENDER = "python -m pipeline.render"
 
@@ -24,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
         p = load_params(args.params)
     except ParamsError as err:
         print(f"stages.check_graph: {err}", file=sys.stderr)
+        return 2
+    problem = wandb_key_problem(p)
+    if problem:  # before any stage does any work
+        print(f"stages.check_graph: {args.params}: {problem}", file=sys.stderr)
         return 2
     if p.structure_key() != args.structure:
         print(f"stages.check_graph: dvc.yaml was rendered for other structural params than {args.params} "

@@ -16,7 +16,7 @@ import torch
 from guide.augment import make_augmentation
 from guide.continual import METHODS, make_optimizer, mixed_batch_sizes, train_classifier
 from guide.data import task_subset
-from guide.io import atomic_torch_save, load_shard, save_shard
+from guide.io import load_shard, save_checkpoint, save_shard
 from stages import paths
 from stages.common import Context, ParamsError, log, progress, run_stage
 
@@ -107,7 +107,7 @@ def run(ctx: Context) -> None:
     bar.close()
     if finish is not None:
         finish()
-    atomic_torch_save(paths.classifier(t, r), {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+    save_checkpoint(paths.classifier(t, r), {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                                "task": t, "round": r, "losses": torch.tensor(losses)})
 
 

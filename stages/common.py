@@ -13,9 +13,11 @@ import torch
 
 from guide.data import DatasetNotFoundError, ImageDataset, load_dataset, relabel, task_classes
 from guide.diffusion import EMA, NoiseSchedule
+from guide.io import CorruptArtifactError, load_checkpoint
 from guide.models import UNet, build_classifier
 from params import Params, ParamsError, load_params
 from stages import paths
+from stages.tracking import log, log_image, log_table, tracking  # noqa: F401  (the stages' tracking calls)
 
 
 @dataclass
@@ -83,7 +85,7 @@ class Context:
     def load_unet(self, path: str, weights: str = "ema") -> UNet:
         """A trained UNet from a diffusion checkpoint (EMA weights by default), in eval mode."""
         model = self.new_unet()
-        model.load_state_dict(torch.load(path, map_location=self.device, weights_only=True)[weights])
+        model.load_state_dict(load_checkpoint(path, map_location=self.device)[weights])
         return model.eval().requires_grad_(False)
 
     def new_classifier(self) -> torch.nn.Module:
@@ -91,7 +93,7 @@ class Context:
                                 self.data.image_size).to(self.device)
 
     def load_classifier(self, path: str) -> tuple[torch.nn.Module, dict]:
-        ckpt = torch.load(path, map_location=self.device, weights_only=True)
+        ckpt = load_checkpoint(path, map_location=self.device)
         model = self.new_classifier()
         model.load_state_dict(ckpt["model"])
         return model, ckpt
@@ -133,56 +135,7 @@ def run_stage(kind: str, body: Callable[[Context], None], argv: list[str] | None
         torch.manual_seed(zlib.crc32(f"{params.run.seed}/{kind}/{args.task}/{args.round}".encode()))
         with tracking(ctx):
             body(ctx)
-    except (ParamsError, DatasetNotFoundError) as err:
+    except (ParamsError, DatasetNotFoundError, CorruptArtifactError) as err:
         print(f"stages.{kind}: {err}", file=sys.stderr)
         return 2
     return 0
-
-
-class tracking:
-    """Optional wandb run for one stage, grouped by experiment; off unless params turn it on."""
-
-    current = None
-
-    def __init__(self, ctx: Context):
-        self.ctx = ctx
-
-    def __enter__(self):
-        t = self.ctx.params.tracking
-        if t.wandb != "disabled":
-            import os
-
-            import wandb  # imported only when used
-
-            group = t.group or os.environ.get("DVC_EXP_NAME") or "default"
-            tracking.current = wandb.init(project=t.project, group=group, mode=t.wandb,
-                                          name=f"{self.ctx.kind}-t{self.ctx.task}-r{self.ctx.round}",
-                                          job_type=self.ctx.kind, config=self.ctx.params.model_dump(mode="json"),
-                                          reinit="finish_previous")
-        return self
-
-    def __exit__(self, *exc):
-        if tracking.current is not None:
-            tracking.current.finish(exit_code=1 if exc[0] else 0)
-            tracking.current = None
-        return False
-
-
-def log(metrics: dict, step: int | None = None) -> None:
-    """Send metrics to the stage's wandb run, when there is one."""
-    if tracking.current is not None:
-        tracking.current.log(metrics, step=step)
-
-
-def log_image(key: str, path: str) -> None:
-    if tracking.current is not None:
-        import wandb
-
-        tracking.current.log({key: wandb.Image(path)})
-
-
-def log_table(key: str, frame) -> None:
-    if tracking.current is not None:
-        import wandb
-
-        tracking.current.log({key: wandb.Table(dataframe=frame)})

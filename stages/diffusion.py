@@ -12,7 +12,7 @@ import torch
 from guide.continual import train_diffusion
 from guide.data import task_subset
 from guide.diffusion import EMA
-from guide.io import atomic_torch_save, load_shard
+from guide.io import load_checkpoint, load_shard, save_checkpoint
 from stages import paths
 from stages.common import Context, log, progress, run_stage
 
@@ -22,7 +22,7 @@ def run(ctx: Context) -> None:
     x, y = task_subset(ctx.data.train_x, ctx.data.train_y, ctx.tasks[t])
     model = ctx.new_unet()
     if t > 0:
-        prev = torch.load(paths.diffusion(t - 1), map_location=ctx.device, weights_only=True)
+        prev = load_checkpoint(paths.diffusion(t - 1), map_location=ctx.device)
         model.load_state_dict(prev["model"])
         ema = EMA(model, p.ema_decay)
         ema.load_state_dict(prev["ema"])
@@ -44,7 +44,7 @@ def run(ctx: Context) -> None:
                              batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, hflip=p.hflip,
                              generator=ctx.generator("train"), callback=step_done)
     bar.close()
-    atomic_torch_save(paths.diffusion(t), {"model": model.state_dict(), "ema": ema.state_dict(), "task": t,
+    save_checkpoint(paths.diffusion(t), {"model": model.state_dict(), "ema": ema.state_dict(), "task": t,
                                            "losses": torch.tensor(losses)})
 
 

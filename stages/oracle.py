@@ -11,7 +11,7 @@ import sys
 
 from guide.augment import make_augmentation
 from guide.continual import evaluate, make_optimizer, train_classifier
-from guide.io import atomic_torch_save, atomic_write_json
+from guide.io import atomic_write_json, save_checkpoint
 from stages import paths
 from stages.common import Context, progress, run_stage
 
@@ -30,7 +30,7 @@ def run(ctx: Context) -> None:
     every = [range(0, data.num_classes)]
     accuracy = evaluate(model, data.test_x.to(ctx.device), data.test_y.to(ctx.device), every,
                         num_seen=data.num_classes, batch_size=p.batch_size)[0]
-    atomic_torch_save(paths.ORACLE, {"model": model.state_dict()})
+    save_checkpoint(paths.ORACLE, {"model": model.state_dict()})
     atomic_write_json(paths.ORACLE_METRICS, {"test_accuracy": round(accuracy, 6), "steps": p.steps})
     print(f"oracle: test accuracy {accuracy:.4f} over all {data.num_classes} classes")
 

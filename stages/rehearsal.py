@@ -20,8 +20,8 @@ def run(ctx: Context) -> None:
     old = range(0, ctx.seen(t - 1))
     labels = spread_labels(p.per_task * t, old)
     schedule = ctx.schedule().respace(p.respacing)
-    bar, tick = sampling_bar(len(labels), p.batch_size, schedule.num_steps, f"rehearsal@{t}")
     model = ctx.load_unet(paths.diffusion(t - 1))
+    bar, tick = sampling_bar(len(labels), p.batch_size, schedule.num_steps, f"rehearsal@{t}")
     images, _ = generate(model, schedule, labels.to(ctx.device), batch_size=p.batch_size, sampler=p.sampler,
                          eta=p.eta, generator=ctx.generator("noise"), callback=tick)
     bar.close()

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from params import dump_params, preset
 
@@ -30,10 +31,9 @@ def ran(result) -> set[str]:
     return set(RUNNING.findall(result.stdout + result.stderr))
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    """A git + DVC repository holding the project's files with the smoke preset, reproduced once."""
-    path = tmp_path_factory.mktemp("repo")
+def smoke_repo(path):
+    """A git + DVC repository at `path` holding the project's files with the smoke preset, reproduced
+    once; returns (path, env, the first repro's result)."""
     tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                              capture_output=True, text=True, check=True).stdout.split()
     for f in tracked:
@@ -44,13 +44,25 @@ def repo(tmp_path_factory):
            "WANDB_MODE": "disabled", "PREFECT_HOME": str(path / ".prefect"), "PYTHONDONTWRITEBYTECODE": "1",
            "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@example.com"}
-    os.environ.update({k: env[k] for k in ("PREFECT_HOME",)})
     (path / "params.yaml").write_text(dump_params(preset("smoke")))
     sh("git init -q && python -m pipeline.render", path, env=env)
     sh("git add -A && git commit -qm smoke", path, env=env)
     first = sh("dvc repro", path, env=env)
     sh("git add -A && git commit -qm reproduced", path, env=env)
     return path, env, first
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    path, env, first = smoke_repo(tmp_path_factory.mktemp("repo"))
+    os.environ["PREFECT_HOME"] = env["PREFECT_HOME"]  # the in-process flow test's temporary Prefect home
+    return path, env, first
+
+
+def out_hashes(path) -> dict:
+    """Every stage output's md5 in dvc.lock."""
+    lock = yaml.safe_load((path / "dvc.lock").read_text())
+    return {(name, o["path"]): o["md5"] for name, st in lock["stages"].items() for o in st.get("outs", [])}
 
 
 def restore(path, env):
@@ -125,4 +137,21 @@ def test_flow_reruns_what_changed_and_leaves_dvc_status_clean(repo):
     assert re.search(r"[23] of 13 stages ran: evaluate-t0, evaluate-t1", r.stdout), r.stdout[-500:]
     status = sh("dvc status", path, env=env)
     assert "up to date" in status.stdout
+    restore(path, env)
+
+
+def test_a_second_fresh_repository_writes_byte_identical_artifacts(repo, tmp_path):
+    path, env, _ = repo
+    other, _, _ = smoke_repo(tmp_path / "other")
+    mine, theirs = out_hashes(path), out_hashes(other)
+    assert len(mine) >= 13 and mine == theirs
+
+
+def test_a_forced_rerun_changes_no_hash_and_reruns_nothing_downstream(repo):
+    path, env, _ = repo
+    before = out_hashes(path)
+    r = sh("dvc repro -f -s diffusion-t0", path, env=env)
+    assert ran(r) == {"diffusion-t0"}
+    again = sh("dvc repro", path, env=env)
+    assert ran(again) == set() and out_hashes(path) == before
     restore(path, env)
