@@ -7,49 +7,127 @@ after `dvc repro` a flow run reruns nothing, and after a flow run `dvc status` i
     python -m pipeline.flow --workers 2     # at most 2 stages at a time
     prefect server start                    # then, in another shell, set PREFECT_API_URL and run:
     PREFECT_API_URL=http://127.0.0.1:4200/api python -m pipeline.flow   # watch it at http://127.0.0.1:4200
+
+What DVC guarantees, the flow keeps:
+- it holds DVC's repository lock from start to end, as `dvc repro` does: started beside a running
+  `dvc repro` (or another flow) it refuses at once, naming the process that holds the lock, and a
+  `dvc repro` started beside it refuses likewise — no stage ever runs twice at once;
+- a stage's outputs are removed before its command runs, as `dvc repro` removes them;
+- a stage that fails or is killed is reported in one line with the command that resumes the run;
+  the stages after it do not run, and everything that finished is committed to dvc.lock.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
-from prefect.task_runners import ThreadPoolTaskRunner
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry: nothing leaves the machine
 
-from params import ParamsError, load_params
-from pipeline.graph import build_graph
-from pipeline.render import render
+from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.states import Failed  # noqa: E402
+from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
-_dvc = threading.Lock()  # DVC's repository lock is per process: one DVC operation at a time
+from params import ParamsError, load_params  # noqa: E402
+from pipeline.graph import build_graph  # noqa: E402
+from pipeline.render import render  # noqa: E402
 
-
-def _dvc_status(root: str, name: str) -> dict:
-    from dvc.repo import Repo
-
-    with _dvc, Repo(root) as repo:
-        return repo.status(targets=[name])
+RESUME = "python -m pipeline.flow"
 
 
-def _dvc_commit(root: str, name: str) -> None:
-    from dvc.repo import Repo
+class RepositoryBusy(RuntimeError):
+    """Another process holds DVC's repository lock."""
 
-    with _dvc, Repo(root) as repo:
-        repo.commit(name, force=True)
+
+def lock_holder(root: str) -> str:
+    """Who holds `.dvc/tmp/lock`, as well as the lock file tells (DVC writes the holder's pid)."""
+    lockfile = Path(root) / ".dvc" / "tmp" / "lock"
+    try:
+        pid = int(lockfile.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return f"{lockfile}"
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        cmd = ""
+    return f"{lockfile}, pid {pid}" + (f": {cmd}" if cmd else "")
+
+
+class Repository:
+    """DVC's view of the repository, locked for the whole flow. Status and commit go through this
+    one locked instance (DVC's lock is re-entrant within it), one at a time."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self._mutex = threading.Lock()
+
+    def __enter__(self) -> "Repository":
+        from dvc.exceptions import LockError
+        from dvc.repo import Repo, lock_repo
+
+        self.repo = Repo(self.root)
+        self._locked = lock_repo(self.repo)
+        try:
+            self._locked.__enter__()
+        except LockError:
+            self.repo.close()
+            raise RepositoryBusy(f"another DVC process holds the repository ({lock_holder(self.root)}); "
+                                 f"wait for it to finish, then run `{RESUME}` again") from None
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        self._locked.__exit__(*exc)
+        self.repo.close()
+        return False
+
+    def status(self, name: str) -> dict:
+        with self._mutex:
+            self.repo._reset()  # what earlier commits wrote, not a cached index
+            return self.repo.status(targets=[name])
+
+    def commit(self, name: str) -> None:
+        with self._mutex:
+            self.repo._reset()
+            self.repo.commit(name, force=True)
+
+
+_repository: Repository | None = None  # the flow's locked repository, shared by its task runs
+
+
+def clear_outputs(root: str, outputs: list[str]) -> None:
+    """Remove a stage's outputs before it runs, as `dvc repro` does."""
+    for out in outputs:
+        path = Path(root) / out
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        return f"killed by {name}"
+    if code == 137:
+        return "killed (exit 137: SIGKILL, often out of memory)"
+    return f"exit {code}"
 
 
 @task(name="stage", retries=0)
-def run_stage(name: str, cmd: str, root: str) -> str:
-    """Run one stage if DVC says it is stale; returns "ran" or "fresh"."""
+def run_stage(name: str, cmd: str, root: str, outputs: list[str]):
+    """Run one stage if DVC says it is stale; returns "ran" or "fresh", or a Failed state."""
     logger = get_run_logger()
-    changed = _dvc_status(root, name)
+    changed = _repository.status(name)
     if not changed:
         logger.info("%s is up to date; skipped", name)
         return "fresh"
     logger.info("%s: %s", name, changed.get(name, changed))
+    clear_outputs(root, outputs)
     logger.info("$ %s", cmd)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, shell=True, cwd=root, env=env, stdout=subprocess.PIPE,
@@ -59,24 +137,52 @@ def run_stage(name: str, cmd: str, root: str) -> str:
         if line:
             logger.info(line)
     if proc.wait():
-        raise RuntimeError(f"stage {name} failed (exit {proc.returncode}): {cmd}")
-    _dvc_commit(root, name)
+        return Failed(message=f"stage {name} failed ({describe_exit(proc.returncode)}): {cmd}")
+    _repository.commit(name)
     return "ran"
 
 
 @flow(name="guide-pipeline", log_prints=True)
 def guide_pipeline(root: str = ".", params_path: str = "params.yaml") -> dict[str, str]:
-    """The task graph of params.yaml; returns each stage's outcome ("ran" or "fresh")."""
+    """The task graph of params.yaml; returns each stage's outcome: "ran", "fresh", "failed: …" or
+    "not run" (after a failure upstream)."""
     p = load_params(Path(root) / params_path)
     stages = build_graph(p)
     dvc_yaml = Path(root) / "dvc.yaml"
     if not dvc_yaml.exists() or dvc_yaml.read_text() != render(stages):
         raise RuntimeError(f"{dvc_yaml} does not match {params_path}: run `python -m pipeline.render` first")
-    futures = {}
-    for st in stages:
-        futures[st.name] = run_stage.with_options(task_run_name=st.name).submit(
-            st.name, st.cmd, root, wait_for=[futures[u] for u in st.upstream])
-    return {name: fut.result() for name, fut in futures.items()}
+    with locked(root):
+        futures = {}
+        for st in stages:
+            futures[st.name] = run_stage.with_options(task_run_name=st.name).submit(
+                st.name, st.cmd, root, list(st.outputs), wait_for=[futures[u] for u in st.upstream])
+        outcome = {}
+        for name, fut in futures.items():
+            fut.wait()
+            state = fut.state
+            outcome[name] = (fut.result() if state.is_completed() else
+                             f"failed: {state.message}" if state.is_failed() else "not run")
+    return outcome
+
+
+class locked:
+    """The repository locked for the flow's task runs: the one `main` holds, or a new lock."""
+
+    def __init__(self, root: str):
+        self.root, self.own = root, None
+
+    def __enter__(self):
+        global _repository
+        if _repository is None:
+            self.own = _repository = Repository(self.root).__enter__()
+        return _repository
+
+    def __exit__(self, *exc):
+        global _repository
+        if self.own is not None:
+            _repository = None
+            self.own.__exit__(*exc)
+        return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,15 +192,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--workers", type=int, default=2, help="stages run side by side at most")
     args = ap.parse_args(argv)
+    global _repository
+    root = os.path.abspath(args.root)
     try:
-        outcome = guide_pipeline.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.workers))(
-            os.path.abspath(args.root), args.params)
-    except ParamsError as err:
-        print(err, file=sys.stderr)
+        load_params(Path(root) / args.params)
+        with Repository(root) as _repository:  # before Prefect starts: a busy repository is one line
+            outcome = guide_pipeline.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.workers))(
+                root, args.params)
+    except (ParamsError, RepositoryBusy) as err:
+        print(f"pipeline.flow: {err}", file=sys.stderr)
         return 2
+    finally:
+        _repository = None
     ran = [n for n, o in outcome.items() if o == "ran"]
     print(f"{len(ran)} of {len(outcome)} stages ran" + (f": {', '.join(ran)}" if ran else ""))
-    return 0
+    failed = {n: o for n, o in outcome.items() if o.startswith("failed")}
+    for name, o in failed.items():
+        waiting = sum(v == "not run" for v in outcome.values())
+        print(f"{o.removeprefix('failed: ')} — {waiting} stage(s) after it did not run; what finished is "
+              f"in dvc.lock; resume with `{RESUME}` (or `dvc repro`)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

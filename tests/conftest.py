@@ -5,7 +5,7 @@ import torch
 
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("GUIDE_TEST_THREADS", "2")))  # 2 cores
 
 
 @pytest.fixture

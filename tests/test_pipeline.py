@@ -155,3 +155,45 @@ def test_a_forced_rerun_changes_no_hash_and_reruns_nothing_downstream(repo):
     again = sh("dvc repro", path, env=env)
     assert ran(again) == set() and out_hashes(path) == before
     restore(path, env)
+
+
+def test_flow_refuses_at_once_while_another_dvc_process_holds_the_repository(repo):
+    path, env, _ = repo
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom dvc.repo import Repo\n"
+                               "r = Repo('.'); r.lock.lock(); print('locked', flush=True); time.sleep(120)"],
+                              cwd=path, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        r = sh("python -m pipeline.flow", path, env=env, check=False)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        line = r.stderr.strip().splitlines()[-1]
+        assert line.startswith("pipeline.flow: another DVC process holds the repository") and f"pid {holder.pid}" in line
+        assert ran(r) == set() and "stages ran" not in r.stdout
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_flow_clears_a_stages_outputs_before_running_it(repo):
+    path, env, _ = repo
+    stray = path / "artifacts/replay/task1/round0/stray.tmp"
+    stray.write_text("left behind by a killed run")
+    params = (path / "params.yaml").read_text()
+    (path / "params.yaml").write_text(params.replace("scale: 1.0", "scale: 0.5"))
+    r = sh("python -m pipeline.flow", path, env=env)
+    assert "replay-t1-r0" in r.stdout and not stray.exists()
+    assert "up to date" in sh("dvc status", path, env=env).stdout
+    restore(path, env)
+
+
+def test_a_failed_stage_under_the_flow_is_one_line_with_the_command_to_resume(repo, tmp_path):
+    path, env, _ = repo
+    params = (path / "params.yaml").read_text()
+    (path / "params.yaml").write_text(params.replace("wandb: disabled", "wandb: online"))
+    no_key = {**{k: v for k, v in env.items() if k != "WANDB_API_KEY"}, "HOME": str(tmp_path)}
+    r = sh("python -m pipeline.flow", path, env=no_key, check=False)
+    assert r.returncode == 1 and "Traceback" not in r.stdout + r.stderr
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("stage report failed (exit 2): python -m stages.report")
+    assert "resume with `python -m pipeline.flow`" in line
+    restore(path, env)

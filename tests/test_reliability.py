@@ -65,3 +65,10 @@ def test_a_stage_given_a_corrupt_checkpoint_exits_2_in_one_line_and_writes_nothi
     lines = [line for line in r.stderr.splitlines() if line.strip() and "%|" not in line]
     assert len(lines) == 1 and paths.diffusion(0) in lines[0] and "differs from the" in lines[0], r.stderr
     assert not (tmp_path / paths.rehearsal(1)).exists()
+
+
+def test_a_killed_stage_is_named_by_its_signal():
+    from pipeline.flow import describe_exit
+
+    assert describe_exit(-9) == "killed by SIGKILL" and describe_exit(-15) == "killed by SIGTERM"
+    assert describe_exit(137).startswith("killed (exit 137") and describe_exit(2) == "exit 2"
