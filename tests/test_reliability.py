@@ -72,3 +72,14 @@ def test_a_killed_stage_is_named_by_its_signal():
 
     assert describe_exit(-9) == "killed by SIGKILL" and describe_exit(-15) == "killed by SIGTERM"
     assert describe_exit(137).startswith("killed (exit 137") and describe_exit(2) == "exit 2"
+
+
+def test_side_by_side_stages_split_the_cores(monkeypatch):
+    from pipeline.flow import thread_env
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert thread_env(2, cores=2) == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    assert thread_env(1, cores=16)["OMP_NUM_THREADS"] == "16" and thread_env(3, cores=16)["OMP_NUM_THREADS"] == "5"
+    assert thread_env(4, cores=2)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert thread_env(2, cores=2) == {}  # the user's own setting is kept
