@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 from guide.continual import METHODS
 from params import STRUCTURAL_KEYS, Params
+from pipeline.codedeps import code_deps
 from stages import paths
 
-CORE = "guide"  # the core package: a code change reruns what uses it
 SEED = "run.seed"
 
 
@@ -51,7 +51,7 @@ def build_graph(p: Params) -> list[Stage]:
     def add(name: str, kind: str, task: int | None = None, round: int | None = None, deps=(), params=(),
             outs=(), metrics=(), plots=()) -> None:
         args = ([f"--task {task}"] if task is not None else []) + ([f"--round {round}"] if round is not None else [])
-        deps = (paths.GRAPH_OK, CORE, f"stages/{kind}.py", "stages/common.py", *deps)
+        deps = (paths.GRAPH_OK, *code_deps(f"stages.{kind}"), *deps)  # the code it runs, from its imports
         upstream = tuple(dict.fromkeys(by_out[d] for d in deps if d in by_out))
         st = Stage(name, kind, tuple(args), tuple(deps), tuple(params), tuple(outs), tuple(metrics), tuple(plots),
                    upstream)
@@ -61,7 +61,7 @@ def build_graph(p: Params) -> list[Stage]:
 
     # first, the guard: its command carries the structure key the graph was rendered for
     stages.append(Stage("check-graph", "check_graph", (f"--structure {p.structure_key()}",),
-                        ("stages/check_graph.py",), STRUCTURAL_KEYS, (paths.GRAPH_OK,)))
+                        code_deps("stages.check_graph"), STRUCTURAL_KEYS, (paths.GRAPH_OK,)))
     by_out[paths.GRAPH_OK] = "check-graph"
     # Each stage lists exactly the keys it reads, so a change reruns only what it affects.
     unet = ("diffusion.unet", "diffusion.schedule", "diffusion.num_timesteps")  # to build and sample

@@ -87,6 +87,23 @@ def test_second_repro_runs_no_stage(repo):
     assert ran(again) == set() and "up to date" in again.stdout
 
 
+@pytest.mark.parametrize("module,some_stage", [("stages/paths.py", "diffusion-t0"),
+                                               ("params/schema.py", "evaluate-t1"),
+                                               ("stages/replay.py", "replay-t1-r0")])
+def test_editing_a_module_a_stage_imports_makes_dvc_call_that_stage_changed(repo, module, some_stage):
+    path, env, _ = repo
+    original = (path / module).read_text()
+    try:
+        (path / module).write_text(original + "# an edit\n")
+        status = sh("dvc status --json", path, env=env).stdout
+        changed = json.loads(status)
+        assert some_stage in changed
+        assert all(module in json.dumps(why) for why in changed.values())  # changed for that edit only
+    finally:
+        (path / module).write_text(original)
+    assert json.loads(sh("dvc status --json", path, env=env).stdout) == {}
+
+
 def test_flow_after_repro_reruns_nothing(repo):
     path, env, _ = repo
     r = sh("python -m pipeline.flow", path, env=env)
