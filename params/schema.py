@@ -15,8 +15,22 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator,
 from guide.diffusion import respaced_timesteps
 
 
+_RECORDERS: list = []  # params.record: the recorders in effect (innermost last)
+
+
 class Group(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __getattribute__(self, name: str):
+        value = super().__getattribute__(name)
+        if _RECORDERS and name[0] != "_" and name in type(self).model_fields and not isinstance(value, Group):
+            _RECORDERS[-1].read(self, name)
+        return value
+
+    def model_dump(self, *args, **kwargs):
+        if _RECORDERS:  # a dump reads every leaf under this group
+            _RECORDERS[-1].read_all(self)
+        return super().model_dump(*args, **kwargs)
 
 
 class Run(Group):

@@ -76,7 +76,8 @@ def build_graph(p: Params) -> list[Stage]:
                                                                             "weight_decay", "augmentation")))
 
     replay_keys = (SEED, "run.method", "data", *unet, "replay", "guidance", "classifier.arch",
-                   "classifier.batch_size", "classifier.interval", "classifier.steps_later", "evaluate.grid_images")
+                   "classifier.batch_size", "classifier.interval", "classifier.steps_later")
+    grid_keys = ("evaluate.grid_images",) if method.guidance != "none" else ()  # the stage that draws the grid
 
     # the oracle that judges replay, and the diffusion branch as far as some classifier (or the
     # reference's last task) needs it
@@ -109,12 +110,12 @@ def build_graph(p: Params) -> list[Stage]:
                 old_guide = prev if method.guidance == "old" and r > 0 else []
                 add(f"replay-t{t}{suffix}", "replay", t, r, deps=(paths.diffusion(t - 1), *init, *old_guide,
                                                                   paths.ORACLE),
-                    params=replay_keys, outs=(paths.replay(t, r),), metrics=(paths.replay_metrics(t, r),),
+                    params=replay_keys + (grid_keys if r == 0 else ()), outs=(paths.replay(t, r),), metrics=(paths.replay_metrics(t, r),),
                     plots=(paths.replay_grid(t),) if r == 0 and method.guidance != "none" else ())
                 deps.append(paths.replay(t, r))
             elif generated:  # online: the classifier stage samples its own replay
                 deps += [paths.diffusion(t - 1), paths.ORACLE]
-                params = tuple(dict.fromkeys(params + replay_keys))
+                params = tuple(dict.fromkeys(params + replay_keys + grid_keys))
                 outs.append(paths.replay(t, None))
                 metrics.append(paths.replay_metrics(t, None))
             add(f"classifier-t{t}{suffix}", "classifier", t, r, deps=deps, params=params, outs=outs,

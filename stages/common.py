@@ -3,19 +3,24 @@ the dataset of the run, model construction and checkpoint loading, progress bars
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
+import json
+import os
 import sys
 import zlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 
 from guide.data import DatasetNotFoundError, ImageDataset, load_dataset, relabel, task_classes
 from guide.diffusion import EMA, NoiseSchedule
-from guide.io import CorruptArtifactError, load_checkpoint
+from guide.io import CorruptArtifactError, atomic_write_text, load_checkpoint
 from guide.models import UNet, build_classifier
 from params import Params, ParamsError, load_params
+from params.record import recording
 from stages import paths
 from stages.tracking import log, log_image, log_table, tracking  # noqa: F401  (the stages' tracking calls)
 
@@ -127,14 +132,18 @@ def run_stage(kind: str, body: Callable[[Context], None], argv: list[str] | None
     args = parser(kind, doc).parse_args(argv)
     try:
         params = load_params(args.params)
-        ctx = Context(kind, params, args.task, args.round)
-        if not 0 <= args.task < params.data.num_tasks:
-            raise ParamsError(f"--task {args.task}: outside 0..{params.data.num_tasks - 1} (data.num_tasks)")
-        if params.run.threads:
-            torch.set_num_threads(params.run.threads)
-        torch.manual_seed(zlib.crc32(f"{params.run.seed}/{kind}/{args.task}/{args.round}".encode()))
-        with tracking(ctx):
-            body(ctx)
+        record_to = os.environ.get("GUIDE_RECORD_PARAMS")  # the contract test: which keys does the stage read
+        with recording(params) if record_to else contextlib.nullcontext(set()) as keys:
+            ctx = Context(kind, params, args.task, args.round)
+            if not 0 <= args.task < params.data.num_tasks:
+                raise ParamsError(f"--task {args.task}: outside 0..{params.data.num_tasks - 1} (data.num_tasks)")
+            if params.run.threads:
+                torch.set_num_threads(params.run.threads)
+            torch.manual_seed(zlib.crc32(f"{params.run.seed}/{kind}/{args.task}/{args.round}".encode()))
+            with tracking(ctx):
+                body(ctx)
+        if record_to:
+            atomic_write_text(Path(record_to), json.dumps(sorted(keys), indent=1) + "\n")
     except (ParamsError, DatasetNotFoundError, CorruptArtifactError) as err:
         print(f"stages.{kind}: {err}", file=sys.stderr)
         return 2

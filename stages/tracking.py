@@ -14,6 +14,7 @@ import os
 import sys
 
 from params import Params, ParamsError
+from params.record import unrecorded
 
 WANDB_HOST = "api.wandb.ai"
 
@@ -57,10 +58,12 @@ class tracking:
             import wandb  # imported only when used
 
             group = t.group or os.environ.get("DVC_EXP_NAME") or "default"
+            with unrecorded():  # logging the whole config is not the stage reading it
+                config = self.ctx.params.model_dump(mode="json")
             timeout = float(os.environ.get("WANDB_INIT_TIMEOUT", 30))
             tracking.current = wandb.init(project=t.project, group=group, mode=t.wandb,
                                           name=f"{self.ctx.kind}-t{self.ctx.task}-r{self.ctx.round}",
-                                          job_type=self.ctx.kind, config=self.ctx.params.model_dump(mode="json"),
+                                          job_type=self.ctx.kind, config=config,
                                           reinit="finish_previous", settings=wandb.Settings(init_timeout=timeout))
         except Exception as err:  # noqa: BLE001 — whatever wandb raises, the stage goes on
             _warn("init", err)

@@ -109,3 +109,22 @@ def test_empty_or_duplicate_keys_exit_2_and_write_nothing(tmp_path, text, expect
     if not text:
         assert "python -m params --preset NAME -o params.yaml" in r.stderr
     assert list(tmp_path.iterdir()) == [bad] and bad.read_text() == text
+
+
+def test_recording_names_exactly_the_leaves_read():
+    from params.record import leaves, recording, unrecorded
+
+    p = preset("smoke")
+    with recording(p) as keys:
+        p.diffusion.unet.model_channels
+        p.run.seed
+        p.data.synthetic.model_dump()
+        _ = p.num_classes  # a property reads what it uses
+        with unrecorded():
+            p.classifier.lr_first
+            p.model_dump()
+    assert keys == {"diffusion.unet.model_channels", "run.seed", "data.dataset",
+                    *(k for k in leaves(p) if k.startswith("data.synthetic."))}
+    p.oracle.steps  # outside the block nothing is recorded
+    assert "oracle.steps" not in keys
+    assert len(leaves(p)) == len(set(leaves(p))) and "guidance.scale" in leaves(p)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from params import dump_params, preset
+from params import STRUCTURAL_KEYS, dump_params, load_params, preset
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -214,3 +214,38 @@ def test_a_failed_stage_under_the_flow_is_one_line_with_the_command_to_resume(re
     assert line.startswith("stage report failed (exit 2): python -m stages.report")
     assert "resume with `python -m pipeline.flow`" in line
     restore(path, env)
+
+
+# run settings that choose how to compute, not what: no stage declares them
+EXECUTION = {"run.threads", "run.device"}
+NOT_READ_IN_SMOKE = {"data.image_size", "data.root"}  # real datasets only: the smoke data is synthetic
+
+
+def _covered(key: str, declared) -> bool:
+    return any(key == d or key.startswith(d + ".") for d in declared)
+
+
+def test_each_stage_reads_the_params_it_declares_and_no_other(repo, tmp_path):
+    """Each smoke stage, run again with its params reads recorded: every key it reads is declared in
+    dvc.yaml (structural keys are declared once, by check-graph, whose output every stage depends on),
+    every declared key or group is read, and every leaf of the schema is read by some stage."""
+    from params.record import leaves
+    from pipeline.graph import build_graph
+
+    path, env, _ = repo
+    p = load_params(path / "params.yaml")
+    read: set[str] = set()
+    for st in build_graph(p):
+        if st.kind == "check_graph":
+            continue
+        record = tmp_path / f"{st.name}.json"
+        sh(st.cmd, path, env={**env, "GUIDE_RECORD_PARAMS": str(record)})
+        keys = {k for k in json.loads(record.read_text()) if k not in EXECUTION and not k.startswith("tracking.")}
+        declared = [d for d in st.params if d != "tracking"]
+        assert {k for k in keys if not _covered(k, (*declared, *STRUCTURAL_KEYS))} == set(), st.name
+        assert {d for d in declared if not any(_covered(k, (d,)) for k in keys)} == set(), st.name
+        read |= keys
+    assert json.loads(sh("dvc status --json", path, env=env).stdout) == {}  # the reruns wrote the same bytes
+    never = {k for k in leaves(p) if k not in read and k not in EXECUTION and k not in STRUCTURAL_KEYS
+             and not k.startswith("tracking.")}
+    assert never == NOT_READ_IN_SMOKE
