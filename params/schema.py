@@ -12,6 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
+from guide.continual import METHODS
 from guide.diffusion import respaced_timesteps
 
 
@@ -34,10 +35,17 @@ class Group(BaseModel):
 
 
 class Run(Group):
-    method: Literal["guide", "gr", "ddgr", "finetune", "joint"] = "guide"  # structural
+    method: str = "guide"  # structural; one of guide.continual.METHODS
     seed: int = 0  # every generator is seeded from this
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # "auto" takes a GPU when there is one
     threads: int = Field(0, ge=0)  # torch CPU threads; 0 keeps torch's default
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, v: str) -> str:
+        if v not in METHODS:  # the registry is the one list of methods
+            raise ValueError(f"{v!r} is not a method; expected one of {', '.join(METHODS)}")
+        return v
 
 
 class Synthetic(Group):
@@ -205,7 +213,7 @@ class Params(Group):
     @property
     def generated_replay(self) -> bool:
         """Whether the method replays samples of a diffusion model (guide, gr, ddgr)."""
-        return self.run.method in ("guide", "gr", "ddgr")
+        return METHODS[self.run.method].uses_diffusion
 
     def classifier_rounds(self, task: int) -> int:
         """Rounds of task t's classifier training: R for guided-replay tasks in rounds mode, else 1."""

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from guide.continual import METHODS
 from guide.io import atomic_path, atomic_write_json, atomic_write_text
 from params import PRESETS, dump_params, preset
 from pipeline.stats import paired_ci, paired_differences
 
 ROOT = Path(__file__).resolve().parents[1]
-METHOD_ORDER = ("guide", "gr", "ddgr", "finetune", "joint")  # diffusion first, so the others reuse it
 METRICS = ("final_average_accuracy", "average_incremental_accuracy", "forgetting")
 BASELINE = "gr"  # the same replay as guide and ddgr, unguided
 RAN = re.compile(r"Running stage '([^']+)'")
@@ -119,8 +119,11 @@ def markdown(frame: pd.DataFrame) -> str:
     return "\n".join([head, rule, *rows]) + "\n"
 
 
-def method_order(methods) -> list[str]:
-    return [m for m in ("guide", "ddgr", "gr", "joint", "finetune") if m in set(methods)]
+def method_order(methods=None) -> list[str]:
+    """`methods` (default: every registered method) in the registry's order, those that train a
+    diffusion model first, so the others reuse it."""
+    chosen = set(METHODS if methods is None else methods)
+    return sorted((m for m in METHODS if m in chosen), key=lambda m: not METHODS[m].uses_diffusion)
 
 
 def paired_rows(runs: list[dict], baseline: str = BASELINE) -> pd.DataFrame:
@@ -185,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.compare", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="mnist5k", choices=PRESETS)
-    ap.add_argument("--methods", nargs="+", default=list(METHOD_ORDER), choices=METHOD_ORDER)
+    ap.add_argument("--methods", nargs="+", default=method_order(), choices=list(METHODS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     ap.add_argument("--workdir", default="compare-work", help="the scratch repository (kept: reruns reuse it)")
     ap.add_argument("--out", default="results/compare")
@@ -194,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     workdir, out = Path(args.workdir).resolve(), Path(args.out)
     scratch_repo(workdir, Path(args.cache_dir).resolve())
-    methods = [m for m in METHOD_ORDER if m in args.methods]
+    methods = method_order(args.methods)
     runs = []
     for seed in args.seeds:
         for method in methods:

@@ -19,6 +19,8 @@ What DVC guarantees, the flow keeps:
 from __future__ import annotations
 
 import argparse
+import base64
+import json
 import os
 import shutil
 import signal
@@ -36,6 +38,7 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from params import ParamsError, load_params  # noqa: E402
 from pipeline.graph import build_graph  # noqa: E402
 from pipeline.render import render  # noqa: E402
+from stages import paths  # noqa: E402
 
 RESUME = "python -m pipeline.flow"
 
@@ -67,7 +70,7 @@ class Repository:
         self._mutex = threading.Lock()
 
     def __enter__(self) -> "Repository":
-        from dvc.exceptions import LockError
+        from dvc.lock import LockError
         from dvc.repo import Repo, lock_repo
 
         self.repo = Repo(self.root)
@@ -136,6 +139,7 @@ def run_stage(name: str, cmd: str, root: str, outputs: list[str], threads: dict[
     changed = _repository.status(name)
     if not changed:
         logger.info("%s is up to date; skipped", name)
+        publish(root, outputs)  # every flow run shows the results, fresh or not
         return "fresh"
     logger.info("%s: %s", name, changed.get(name, changed))
     clear_outputs(root, outputs)
@@ -150,7 +154,50 @@ def run_stage(name: str, cmd: str, root: str, outputs: list[str], threads: dict[
     if proc.wait():
         return Failed(message=f"stage {name} failed ({describe_exit(proc.returncode)}): {cmd}")
     _repository.commit(name)
+    publish(root, outputs)
     return "ran"
+
+
+def publish(root: str, outputs: list[str]) -> None:
+    """Prefect artifacts of what a stage made, linked to its task run: the accuracy matrix as a table
+    and the final metrics (report); the replay grid and the replay measurements (guided replay)."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    root_path = Path(root)
+    if paths.SUMMARY in outputs and (root_path / paths.SUMMARY).is_file():
+        s = json.loads((root_path / paths.SUMMARY).read_text())
+        matrix = s["accuracy_matrix"]
+        rows = [{"task": i, **{f"after task {j}": ("" if v is None else round(v, 4)) for j, v in enumerate(row)}}
+                for i, row in enumerate(matrix)]
+        create_table_artifact(rows, key="accuracy-matrix",
+                              description="accuracy on task (row) after training task (column)")
+        keys = ("final_average_accuracy", "average_incremental_accuracy", "forgetting", "backward_transfer",
+                "oracle_test_accuracy")
+        lines = [f"| {k} | {s[k]:.4f} |" for k in keys if isinstance(s.get(k), (int, float))]
+        create_markdown_artifact("| metric | value |\n|---|---|\n" + "\n".join(lines), key="final-metrics",
+                                 description="metrics/summary.json")
+    grids = [o for o in outputs if o.startswith("plots/replay/") and (root_path / o).is_file()]
+    measured = [o for o in outputs if o.startswith("metrics/replay/") and (root_path / o).is_file()]
+    for grid in grids:
+        task = Path(grid).stem  # task1
+        text = [f"### Replay, {task}: top row unguided, bottom row guided, from the same noise",
+                f"![{task}](data:image/png;base64,{base64.b64encode((root_path / grid).read_bytes()).decode()})"]
+        for m in measured:
+            r = json.loads((root_path / m).read_text())
+            text.append("| replay | " + " | ".join(k for k in r["guided"]) + " |")
+            text.append("|---|" + "---|" * len(r["guided"]))
+            for view in ("guided", "unguided"):
+                text.append(f"| {view} | " + " | ".join(f"{v:.3f}" for v in r[view].values()) + " |")
+        create_markdown_artifact("\n\n".join(text[:2]) + "\n\n" + "\n".join(text[2:]),
+                                 key=f"replay-{task}", description=grid)
+
+
+def stage_tags(stage, method: str) -> list[str]:
+    """Tags a task run carries, so the UI can filter by stage kind, task, round and method."""
+    tags = [f"kind:{stage.kind}", f"method:{method}"]
+    args = dict(a.split() for a in stage.args if a.startswith(("--task", "--round")))
+    tags += [f"{k.lstrip('-')}:{v}" for k, v in args.items()]
+    return tags
 
 
 @flow(name="guide-pipeline", log_prints=True)
@@ -165,7 +212,7 @@ def guide_pipeline(root: str = ".", params_path: str = "params.yaml", workers: i
     with locked(root):
         futures = {}
         for st in stages:
-            futures[st.name] = run_stage.with_options(task_run_name=st.name).submit(
+            futures[st.name] = run_stage.with_options(task_run_name=st.name, tags=stage_tags(st, p.run.method)).submit(
                 st.name, st.cmd, root, list(st.outputs), thread_env(workers),
                 wait_for=[futures[u] for u in st.upstream])
         outcome = {}
@@ -205,8 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2, help="stages run side by side at most")
     args = ap.parse_args(argv)
     global _repository
-    root = os.path.abspath(args.root)
+    root, cwd = os.path.abspath(args.root), os.getcwd()
     try:
+        os.chdir(root)  # DVC resolves stage targets against the working directory
         load_params(Path(root) / args.params)
         with Repository(root) as _repository:  # before Prefect starts: a busy repository is one line
             outcome = guide_pipeline.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.workers))(
@@ -216,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         _repository = None
+        os.chdir(cwd)
     ran = [n for n, o in outcome.items() if o == "ran"]
     print(f"{len(ran)} of {len(outcome)} stages ran" + (f": {', '.join(ran)}" if ran else ""))
     failed = {n: o for n, o in outcome.items() if o.startswith("failed")}

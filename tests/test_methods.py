@@ -90,3 +90,21 @@ def test_default_preset_loads_mnist5k_in_task_order():
     ctx = Context("test", preset("mnist5k"), task=1, round=0)
     assert len(ctx.data.train_x) == 4000 and len(ctx.data.test_x) == 1000
     assert ctx.tasks == [range(0, 2), range(2, 4), range(4, 6), range(6, 8), range(8, 10)] and ctx.seen() == 4
+
+
+def test_a_method_registered_once_is_known_to_params_the_graph_and_the_comparison(monkeypatch):
+    from guide.continual import METHODS, Method
+    from params import ParamsError, params_from_dict
+    from pipeline import compare
+    from pipeline.graph import build_graph
+
+    raw = preset("smoke").model_dump(mode="json")
+    raw["run"]["method"] = "toy"
+    with pytest.raises(ParamsError, match="run.method: .*'toy' is not a method; expected one of guide, gr"):
+        params_from_dict(raw)
+    monkeypatch.setitem(METHODS, "toy", Method("toy", "generated", "old"))
+    p = params_from_dict(raw)
+    assert p.generated_replay
+    names = {s.name for s in build_graph(p)}
+    assert {"oracle", "diffusion-t0", "replay-t1-r0"} <= names
+    assert compare.method_order(["joint", "toy", "gr"]) == ["gr", "toy", "joint"]

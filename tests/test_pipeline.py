@@ -249,3 +249,30 @@ def test_each_stage_reads_the_params_it_declares_and_no_other(repo, tmp_path):
     never = {k for k in leaves(p) if k not in read and k not in EXECUTION and k not in STRUCTURAL_KEYS
              and not k.startswith("tracking.")}
     assert never == NOT_READ_IN_SMOKE
+
+
+def test_a_flow_run_publishes_the_science_as_prefect_artifacts_on_tagged_task_runs(repo):
+    path, env, _ = repo
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from pipeline.flow import main
+
+    assert main(["--root", str(path)]) == 0
+    with get_client(sync_client=True) as client:
+        def latest(key):
+            found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            assert found, key
+            return max(found, key=lambda a: a.created)
+
+        table = latest("accuracy-matrix")
+        summary = json.loads((path / "metrics/summary.json").read_text())
+        rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+        assert [r["after task 1"] for r in rows] == [round(v, 4) for v in (row[1] for row in summary["accuracy_matrix"])]
+        metrics = latest("final-metrics")
+        assert f"| final_average_accuracy | {summary['final_average_accuracy']:.4f} |" in metrics.data
+        grid = latest("replay-task1")
+        assert "data:image/png;base64," in grid.data and "| guided |" in grid.data
+        runs = {r.name: r for r in client.read_task_runs() if r.id == table.task_run_id or r.name == "replay-t1-r0"}
+        assert set(runs["report"].tags) >= {"kind:report", "method:guide"}
+        assert set(runs["replay-t1-r0"].tags) >= {"kind:replay", "task:1", "round:0", "method:guide"}
