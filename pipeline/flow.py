@@ -55,9 +55,10 @@ def lock_holder(root: str) -> str:
     except (OSError, ValueError, IndexError):
         return f"{lockfile}"
     try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        cmd = " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().split())
     except OSError:
         cmd = ""
+    cmd = cmd if len(cmd) <= 160 else cmd[:157] + "..."  # one line, whatever the holder's command was
     return f"{lockfile}, pid {pid}" + (f": {cmd}" if cmd else "")
 
 
