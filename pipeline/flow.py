@@ -181,16 +181,15 @@ def publish(root: str, outputs: list[str]) -> None:
     measured = [o for o in outputs if o.startswith("metrics/replay/") and (root_path / o).is_file()]
     for grid in grids:
         task = Path(grid).stem  # task1
-        text = [f"### Replay, {task}: top row unguided, bottom row guided, from the same noise",
-                f"![{task}](data:image/png;base64,{base64.b64encode((root_path / grid).read_bytes()).decode()})"]
+        image = base64.b64encode((root_path / grid).read_bytes()).decode()
+        text = f"### Replay, {task}: top row unguided, bottom row guided, from the same noise\n\n" \
+               f"![{task}](data:image/png;base64,{image})\n"
         for m in measured:
             r = json.loads((root_path / m).read_text())
-            text.append("| replay | " + " | ".join(k for k in r["guided"]) + " |")
-            text.append("|---|" + "---|" * len(r["guided"]))
-            for view in ("guided", "unguided"):
-                text.append(f"| {view} | " + " | ".join(f"{v:.3f}" for v in r[view].values()) + " |")
-        create_markdown_artifact("\n\n".join(text[:2]) + "\n\n" + "\n".join(text[2:]),
-                                 key=f"replay-{task}", description=grid)
+            text += "\n| replay | " + " | ".join(r["guided"]) + " |\n|---|" + "---|" * len(r["guided"]) + "\n"
+            text += "".join(f"| {view} | " + " | ".join(f"{v:.3f}" for v in r[view].values()) + " |\n"
+                            for view in ("guided", "unguided"))
+        create_markdown_artifact(text, key=f"replay-{task}", description=grid)
 
 
 def stage_tags(stage, method: str) -> list[str]:
