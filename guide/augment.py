@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.transforms import v2
 
 AUGMENTATIONS = ("reference", "digits", "none")
 
@@ -20,6 +19,7 @@ def make_augmentation(kind: str, channels: int, image_size: int):
         return None
     if kind not in AUGMENTATIONS:
         raise ValueError(f"augmentation {kind!r}: expected one of {AUGMENTATIONS}")
+    from torchvision.transforms import v2  # imported only when used: torchvision takes seconds to load
     colour = (v2.ColorJitter(0.1, 0.1, 0.1, 0.1) if channels == 3 and kind == "reference"
               else v2.ColorJitter(brightness=0.1, contrast=0.1))
     ops = [v2.RandomCrop(image_size, padding=4), v2.RandomRotation(30)]

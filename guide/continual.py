@@ -1,5 +1,6 @@
-"""Continual learning: diffusion with self-rehearsal, classifier training on mixed batches, replay
-generation and evaluation. Methods are data — which replay a classifier sees and what guides it.
+"""Continual learning: diffusion with self-rehearsal, classifier training on mixed batches, sampling
+and evaluation. Methods are data — which replay a classifier sees and what guides it; how guided
+replay is drawn and laid out over the classifier's steps is guide.replay's.
 
 These functions are the whole algorithm; the pipeline's stages only load inputs, call them and write
 outputs. Nothing here knows about files, DVC, Prefect or wandb.
@@ -14,7 +15,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from guide.diffusion import EMA, NoiseSchedule, epsilon_loss
-from guide.guidance import draw_scales, make_guidance
 from guide.samplers import Callback, sample
 
 
@@ -100,26 +100,6 @@ def generate(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, *, batch
         last = getattr(guidance, "last_target", None)
         targets.append(last if last is not None else torch.full_like(yb, -1))
     return torch.cat(images), torch.cat(targets)
-
-
-def replay_guidance(method: Method, *, classifier: nn.Module | None, prev_classifier: nn.Module | None,
-                    scale_min: float, scale_max: float, num_seen: int, num_old: int,
-                    current: range, generator: torch.Generator) -> Callable[[Tensor], object] | None:
-    """The per-batch guidance factory of a method's replay (None for unguided replay). Scales are
-    drawn from `generator`, kept apart from the sampling noise so guided and unguided replay from
-    the same seed share their noise."""
-    if method.guidance == "none":
-        return None
-    guide_by = classifier if method.guidance == "new" else prev_classifier
-    seen = num_seen if method.guidance == "new" else num_old
-    if guide_by is not None:
-        guide_by.eval()
-
-    def factory(labels: Tensor):
-        scales = draw_scales(len(labels), scale_min, scale_max, generator)
-        return make_guidance(method.guidance, guide_by, scales, seen, current)
-
-    return factory
 
 
 # --- classifier --------------------------------------------------------------------------------

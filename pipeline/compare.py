@@ -30,11 +30,12 @@ import pandas as pd
 
 from guide.continual import METHODS
 from guide.io import atomic_path, atomic_write_json, atomic_write_text
+from guide.metrics import HEADLINE
 from params import PRESETS, dump_params, preset
 from pipeline.stats import paired_ci, paired_differences
 
 ROOT = Path(__file__).resolve().parents[1]
-METRICS = ("final_average_accuracy", "average_incremental_accuracy", "forgetting")
+METRICS = HEADLINE
 BASELINE = "gr"  # the same replay as guide and ddgr, unguided
 RAN = re.compile(r"Running stage '([^']+)'")
 RESTORED = re.compile(r"Stage '([^']+)' (?:is cached - skipping run|didn't change, skipping)")

@@ -35,6 +35,7 @@ from prefect import flow, get_run_logger, task  # noqa: E402
 from prefect.states import Failed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
+from guide.metrics import METRICS  # noqa: E402
 from params import ParamsError, load_params  # noqa: E402
 from pipeline.graph import build_graph  # noqa: E402
 from pipeline.render import render  # noqa: E402
@@ -172,8 +173,7 @@ def publish(root: str, outputs: list[str]) -> None:
                 for i, row in enumerate(matrix)]
         create_table_artifact(rows, key="accuracy-matrix",
                               description="accuracy on task (row) after training task (column)")
-        keys = ("final_average_accuracy", "average_incremental_accuracy", "forgetting", "backward_transfer",
-                "oracle_test_accuracy")
+        keys = (*METRICS, "oracle_test_accuracy")
         lines = [f"| {k} | {s[k]:.4f} |" for k in keys if isinstance(s.get(k), (int, float))]
         create_markdown_artifact("| metric | value |\n|---|---|\n" + "\n".join(lines), key="final-metrics",
                                  description="metrics/summary.json")

@@ -10,14 +10,19 @@ structure no longer matches the rendered graph.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass, field
 
 from guide.continual import METHODS
-from params import STRUCTURAL_KEYS, Params
+from params import Params
 from pipeline.codedeps import code_deps
 from stages import paths
 
-SEED = "run.seed"
+
+
+def reads(kind: str, p: Params, task: int | None = None, round: int | None = None) -> tuple[str, ...]:
+    """The params keys a stage of `kind` reads, as its module declares them (`reads`)."""
+    return importlib.import_module(f"stages.{kind}").reads(p, task, round)
 
 
 @dataclass(frozen=True)
@@ -48,10 +53,11 @@ def build_graph(p: Params) -> list[Stage]:
     stages: list[Stage] = []
     by_out: dict[str, str] = {}
 
-    def add(name: str, kind: str, task: int | None = None, round: int | None = None, deps=(), params=(),
+    def add(name: str, kind: str, task: int | None = None, round: int | None = None, deps=(),
             outs=(), metrics=(), plots=()) -> None:
         args = ([f"--task {task}"] if task is not None else []) + ([f"--round {round}"] if round is not None else [])
         deps = (paths.GRAPH_OK, *code_deps(f"stages.{kind}"), *deps)  # the code it runs, from its imports
+        params = reads(kind, p, task, round)  # the keys it reads, as the stage declares them
         upstream = tuple(dict.fromkeys(by_out[d] for d in deps if d in by_out))
         st = Stage(name, kind, tuple(args), tuple(deps), tuple(params), tuple(outs), tuple(metrics), tuple(plots),
                    upstream)
@@ -61,39 +67,20 @@ def build_graph(p: Params) -> list[Stage]:
 
     # first, the guard: its command carries the structure key the graph was rendered for
     stages.append(Stage("check-graph", "check_graph", (f"--structure {p.structure_key()}",),
-                        code_deps("stages.check_graph"), STRUCTURAL_KEYS, (paths.GRAPH_OK,)))
+                        code_deps("stages.check_graph"), reads("check_graph", p), (paths.GRAPH_OK,)))
     by_out[paths.GRAPH_OK] = "check-graph"
-    # Each stage lists exactly the keys it reads, so a change reruns only what it affects.
-    unet = ("diffusion.unet", "diffusion.schedule", "diffusion.num_timesteps")  # to build and sample
-    def diffusion_keys(t: int) -> tuple[str, ...]:
-        steps = "diffusion.steps_first" if t == 0 else "diffusion.steps_later"
-        return (SEED, "data", *unet, steps, "diffusion.batch_size", "diffusion.lr", "diffusion.weight_decay",
-                "diffusion.ema_decay", "diffusion.hflip")
-
-    def classifier_keys(t: int) -> tuple[str, ...]:
-        which = ("steps_first", "lr_first") if t == 0 else ("steps_later", "lr_later", "interval")
-        return (SEED, "run.method", "data", *(f"classifier.{k}" for k in (*which, "arch", "batch_size", "momentum",
-                                                                            "weight_decay", "augmentation")))
-
-    replay_keys = (SEED, "run.method", "data", *unet, "replay", "guidance", "classifier.arch",
-                   "classifier.batch_size", "classifier.interval", "classifier.steps_later")
-    grid_keys = ("evaluate.grid_images",) if method.guidance != "none" else ()  # the stage that draws the grid
-
     # the oracle that judges replay, and the diffusion branch as far as some classifier (or the
     # reference's last task) needs it
     if method.uses_diffusion:
-        add("oracle", "oracle", params=(SEED, "data", "classifier.arch", "classifier.momentum",
-                                        "classifier.weight_decay", "classifier.augmentation", "oracle"),
-            outs=(paths.ORACLE,), metrics=(paths.ORACLE_METRICS,))
+        add("oracle", "oracle", outs=(paths.ORACLE,), metrics=(paths.ORACLE_METRICS,))
         last = T if p.diffusion.train_last_task else T - 1
         for t in range(last):
             if t > 0:
-                add(f"rehearsal-t{t}", "rehearsal", t, deps=(paths.diffusion(t - 1),),
-                    params=(SEED, "data", *unet, "rehearsal"), outs=(paths.rehearsal(t),))
+                add(f"rehearsal-t{t}", "rehearsal", t, deps=(paths.diffusion(t - 1),), outs=(paths.rehearsal(t),))
                 add(f"diffusion-t{t}", "diffusion", t, deps=(paths.diffusion(t - 1), paths.rehearsal(t)),
-                    params=(*diffusion_keys(t), "rehearsal.per_task"), outs=(paths.diffusion(t),))
+                    outs=(paths.diffusion(t),))
             else:
-                add("diffusion-t0", "diffusion", 0, params=diffusion_keys(0), outs=(paths.diffusion(0),))
+                add("diffusion-t0", "diffusion", 0, outs=(paths.diffusion(0),))
 
     # the classifier branch
     for t in range(T):
@@ -103,30 +90,27 @@ def build_graph(p: Params) -> list[Stage]:
         for r in range(rounds):
             suffix = f"-r{r}" if rounds > 1 else ""
             init = [paths.classifier(t, r - 1)] if r > 0 else prev
-            deps, params, outs = list(init), classifier_keys(t), [paths.classifier(t, r)]
+            deps, outs = list(init), [paths.classifier(t, r)]
             metrics: list[str] = []
             if generated and p.guidance.mode == "rounds":
                 # the round's starting classifier guides GUIDE's replay and measures every method's
                 old_guide = prev if method.guidance == "old" and r > 0 else []
                 add(f"replay-t{t}{suffix}", "replay", t, r, deps=(paths.diffusion(t - 1), *init, *old_guide,
                                                                   paths.ORACLE),
-                    params=replay_keys + (grid_keys if r == 0 else ()), outs=(paths.replay(t, r),), metrics=(paths.replay_metrics(t, r),),
+                    outs=(paths.replay(t, r),), metrics=(paths.replay_metrics(t, r),),
                     plots=(paths.replay_grid(t),) if r == 0 and method.guidance != "none" else ())
                 deps.append(paths.replay(t, r))
             elif generated:  # online: the classifier stage samples its own replay
                 deps += [paths.diffusion(t - 1), paths.ORACLE]
-                params = tuple(dict.fromkeys(params + replay_keys + grid_keys))
                 outs.append(paths.replay(t, None))
                 metrics.append(paths.replay_metrics(t, None))
-            add(f"classifier-t{t}{suffix}", "classifier", t, r, deps=deps, params=params, outs=outs,
+            add(f"classifier-t{t}{suffix}", "classifier", t, r, deps=deps, outs=outs,
                 metrics=metrics,
                 plots=(paths.replay_grid(t),) if generated and p.guidance.mode == "online" and method.guidance != "none"
                 else ())
-        add(f"evaluate-t{t}", "evaluate", t, deps=(paths.classifier(t, rounds - 1),),
-            params=(SEED, "data", "classifier.arch", "evaluate.batch_size"), outs=(paths.evaluation(t),))
+        add(f"evaluate-t{t}", "evaluate", t, deps=(paths.classifier(t, rounds - 1),), outs=(paths.evaluation(t),))
 
     add("report", "report", deps=(*(paths.evaluation(t) for t in range(T)), *paths.all_replay_metrics(p),
                              *([paths.ORACLE_METRICS] if method.uses_diffusion else [])),
-        params=(SEED, "run.method", "data.dataset", "data.num_tasks", "tracking"),
         outs=(paths.ACCURACY_CSV,), metrics=(paths.SUMMARY,), plots=(paths.ACCURACY_PNG,))
     return stages

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from guide.metrics import METRICS
 from stages import paths
 
 
@@ -21,7 +22,7 @@ def main() -> int:
     summary = json.loads(Path(paths.SUMMARY).read_text())
     print(f"accuracy matrix ({summary['method']}, seed {summary['seed']}; row: task, column: after training task)")
     print(frame.to_string(float_format=lambda v: f"{v:.3f}", na_rep="·"))
-    for k in ("final_average_accuracy", "average_incremental_accuracy", "forgetting", "backward_transfer"):
+    for k in METRICS:
         print(f"{k:30s} {summary[k]:.4f}")
     if "replay" in summary:
         r = summary["replay"]

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import subprocess
 import sys
 import time
@@ -38,18 +37,18 @@ from pathlib import Path
 import pandas as pd
 
 from guide.io import atomic_path, atomic_write_json, atomic_write_text
+from guide.mechanism import STATS
+from guide.metrics import HEADLINE
 from params import PRESETS, ParamsError, dump_params, load_params, preset
-from pipeline.compare import ROOT, _env, markdown, scratch_repo
+from pipeline.compare import RAN, RESTORED, ROOT, _env, markdown, scratch_repo
 from pipeline.stats import paired_ci
 
 SCALES = (0.0, 0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 3.0)  # 0 = gr; well below and above the default; 0.5 = CIFAR-10/5
 RANGES = ((0.0, 0.2),)  # per-sample U[scale, scale_max] as the reference can draw them; mean = the default
 SEEDS = (0, 1, 2, 3, 4)
 SWEPT = ("guidance.scale", "guidance.scale_max", "run.seed")
-ACCURACY = ("final_average_accuracy", "average_incremental_accuracy", "forgetting")
-MECHANISM = ("oracle_label_prob", "oracle_accuracy", "current_mass", "current_pred_fraction")
-RAN = re.compile(r"Running stage '([^']+)'")
-RESTORED = re.compile(r"Stage '([^']+)' (?:is cached - skipping run|didn't change, skipping)")
+ACCURACY = HEADLINE
+MECHANISM = STATS
 
 
 def dvc(args: list[str], root: Path, check: bool = True) -> subprocess.CompletedProcess:

@@ -9,11 +9,16 @@ import argparse
 import sys
 
 from guide.io import atomic_write_text
-from params import ParamsError, load_params
+from params import STRUCTURAL_KEYS, Params, ParamsError, load_params
 from stages import paths
 from stages.tracking import wandb_key_problem
 
 RENDER = "python -m pipeline.render"
+
+
+def reads(p: Params, task: int | None = None, round: int | None = None) -> tuple[str, ...]:
+    """The structural keys: declared once, here, and every other stage depends on this one's output."""
+    return STRUCTURAL_KEYS
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,53 +14,70 @@ import sys
 import torch
 
 from guide.augment import make_augmentation
-from guide.continual import METHODS, make_optimizer, mixed_batch_sizes, train_classifier
+from guide.continual import METHODS, make_optimizer, train_classifier
 from guide.data import task_subset
 from guide.io import load_shard, save_checkpoint, save_shard
+from params import Params
 from stages import paths
-from stages.common import Context, ParamsError, log, progress, run_stage
+from stages.common import SEED, Context, ParamsError, log, progress, run_stage
+
+
+def reads(p: Params, task: int, round: int | None = None) -> tuple[str, ...]:
+    """The params keys (or groups) this stage reads: the graph declares them to DVC. In `online`
+    mode a classifier of task t ≥ 1 with generated replay draws that replay itself."""
+    which = ("steps_first", "lr_first") if task == 0 else ("steps_later", "lr_later", "interval")
+    keys = (SEED, "run.method", "data", *(f"classifier.{k}" for k in (*which, "arch", "batch_size", "momentum",
+                                                                        "weight_decay", "augmentation")))
+    method = METHODS[p.run.method]
+    if task > 0 and method.uses_diffusion and p.guidance.mode == "online":
+        from stages import replay_io
+
+        grid = replay_io.GRID_READS if method.guidance != "none" else ()
+        keys = tuple(dict.fromkeys(keys + replay_io.READS + grid))
+    return keys
 
 
 def round_source(ctx: Context):
-    """Replay from this round's shard: step s uses chunk ⌊(s − first step) / interval⌋."""
+    """Replay from this round's shard, chunk by chunk as guide.replay lays it out."""
+    from stages import replay_io  # only methods with generated replay load it
+
     shard = load_shard(paths.replay(ctx.task, ctx.round))
-    per, first = shard["manifest"]["per_chunk"], ctx.round * (ctx.params.classifier.steps_later
-                                                                // ctx.params.classifier_rounds(ctx.task))
-    x, y, interval = shard["images"].to(ctx.device), shard["labels"].to(ctx.device), ctx.params.classifier.interval
+    layout, r = replay_io.layout(ctx), ctx.round
+    x, y, per = shard["images"].to(ctx.device), shard["labels"].to(ctx.device), shard["manifest"]["per_chunk"]
 
     def source(step: int):
-        c = (step - first) // interval
+        c = layout.chunk(step, r)
         return x[c * per : (c + 1) * per], y[c * per : (c + 1) * per]
 
     return source, None
 
 
 def online_source(ctx: Context, classifier: torch.nn.Module):
-    """Replay regenerated every `interval` steps by the classifier being trained (the reference)."""
-    from stages.replay import Replayer  # only the online mode samples here
+    """Replay regenerated every `interval` steps, steered by the classifier being trained (the
+    reference's loop); everything drawn is kept for the shard."""
+    from stages import replay_io
 
-    replayer, interval = Replayer(ctx), ctx.params.classifier.interval
-    per = mixed_batch_sizes(ctx.params.classifier.batch_size, ctx.task, replay=True)[1]
+    replay, layout = replay_io.open_replay(ctx), replay_io.layout(ctx)
     noise, scales = ctx.generator("noise"), ctx.generator("scales")
     record: dict[str, list] = {"images": [], "labels": [], "targets": []}
-    if replayer.method.guidance != "none":
-        replayer.grid(classifier if replayer.method.guidance == "new" else None)
+    if replay.guided:
+        replay_io.draw_grid(ctx, replay, classifier)
     bank = {}
 
     def source(step: int):
-        if step % interval == 0 or not bank:
-            guide_by = classifier if replayer.method.guidance == "new" else None
-            images, labels, targets = replayer.draw(per, guide_by, classifier, noise, scales)
-            classifier.train()  # guidance put it in eval mode
-            bank["x"], bank["y"] = images.to(ctx.device), labels.to(ctx.device)
+        if bank.get("chunk") != layout.chunk(step):
+            images, labels, targets = replay.draw(layout.per_chunk, classifier, noise, scales)
+            classifier.train()  # guidance and measuring put it in eval mode
+            bank.update(chunk=layout.chunk(step), x=images.to(ctx.device), y=labels.to(ctx.device))
             for k, v in zip(("images", "labels", "targets"), (images, labels, targets)):
                 record[k].append(v)
         return bank["x"], bank["y"]
 
     def save() -> None:
-        replayer.save_mechanism(paths.replay_metrics(ctx.task, None), {"round": None})
+        replay_io.write_mechanism(ctx, replay, None)
         save_shard(paths.replay(ctx.task, None), torch.cat(record["images"]), torch.cat(record["labels"]),
-                   replayer.manifest(None, {"round": None, "interval": interval, "per_chunk": per}),
+                   replay_io.manifest(ctx, replay, None,
+                                      {"round": None, "interval": layout.interval, "per_chunk": layout.per_chunk}),
                    extra={"targets": torch.cat(record["targets"])})
 
     return source, save

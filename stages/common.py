@@ -16,13 +16,17 @@ from typing import Callable
 import torch
 
 from guide.data import DatasetNotFoundError, ImageDataset, load_dataset, relabel, task_classes
-from guide.diffusion import EMA, NoiseSchedule
+from guide.diffusion import NoiseSchedule
 from guide.io import CorruptArtifactError, atomic_write_text, load_checkpoint
 from guide.models import UNet, build_classifier
 from params import Params, ParamsError, load_params
 from params.record import recording
 from stages import paths
 from stages.tracking import log, log_image, log_table, tracking  # noqa: F401  (the stages' tracking calls)
+
+
+SEED = "run.seed"  # every stage's generators and global seed derive from it
+UNET = ("diffusion.unet", "diffusion.schedule", "diffusion.num_timesteps")  # Context.new_unet, .schedule
 
 
 @dataclass

@@ -13,8 +13,16 @@ from guide.continual import train_diffusion
 from guide.data import task_subset
 from guide.diffusion import EMA
 from guide.io import load_checkpoint, load_shard, save_checkpoint
+from params import Params
 from stages import paths
-from stages.common import Context, log, progress, run_stage
+from stages.common import SEED, UNET, Context, log, progress, run_stage
+
+
+def reads(p: Params, task: int, round: int | None = None) -> tuple[str, ...]:
+    """The params keys (or groups) this stage reads: the graph declares them to DVC."""
+    steps = "diffusion.steps_first" if task == 0 else "diffusion.steps_later"
+    return (SEED, "data", *UNET, steps, "diffusion.batch_size", "diffusion.lr", "diffusion.weight_decay",
+            "diffusion.ema_decay", "diffusion.hflip", *(("rehearsal.per_task",) if task > 0 else ()))
 
 
 def run(ctx: Context) -> None:

@@ -8,8 +8,14 @@ import sys
 
 from guide.continual import evaluate
 from guide.io import atomic_write_json
+from params import Params
 from stages import paths
-from stages.common import Context, log, run_stage
+from stages.common import SEED, Context, log, run_stage
+
+
+def reads(p: Params, task: int, round: int | None = None) -> tuple[str, ...]:
+    """The params keys (or groups) this stage reads: the graph declares them to DVC."""
+    return (SEED, "data", "classifier.arch", "evaluate.batch_size")
 
 
 def run(ctx: Context) -> None:

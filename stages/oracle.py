@@ -12,8 +12,15 @@ import sys
 from guide.augment import make_augmentation
 from guide.continual import evaluate, make_optimizer, train_classifier
 from guide.io import atomic_write_json, save_checkpoint
+from params import Params
 from stages import paths
-from stages.common import Context, progress, run_stage
+from stages.common import SEED, Context, progress, run_stage
+
+
+def reads(p: Params, task: int | None = None, round: int | None = None) -> tuple[str, ...]:
+    """The params keys (or groups) this stage reads: the graph declares them to DVC."""
+    return (SEED, "data", "classifier.arch", "classifier.momentum", "classifier.weight_decay",
+            "classifier.augmentation", "oracle")
 
 
 def run(ctx: Context) -> None:

@@ -9,8 +9,14 @@ import sys
 
 from guide.continual import generate, spread_labels
 from guide.io import save_shard, sha256_file
+from params import Params
 from stages import paths
-from stages.common import Context, ParamsError, run_stage, sampling_bar
+from stages.common import SEED, UNET, Context, ParamsError, run_stage, sampling_bar
+
+
+def reads(p: Params, task: int, round: int | None = None) -> tuple[str, ...]:
+    """The params keys (or groups) this stage reads: the graph declares them to DVC."""
+    return (SEED, "data", *UNET, "rehearsal")
 
 
 def run(ctx: Context) -> None:

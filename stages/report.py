@@ -15,9 +15,15 @@ import pandas as pd
 
 from guide.io import atomic_path, atomic_write_json
 from guide.mechanism import STATS, VIEWS
-from guide.metrics import summarize
+from guide.metrics import METRICS, summarize
+from params import Params
 from stages import paths, plots
-from stages.common import Context, log, log_image, log_table, run_stage
+from stages.common import SEED, Context, log, log_image, log_table, run_stage
+
+
+def reads(p: Params, task: int | None = None, round: int | None = None) -> tuple[str, ...]:
+    """The params keys (or groups) this stage reads: the graph declares them to DVC."""
+    return (SEED, "run.method", "data.dataset", "data.num_tasks", "tracking")
 
 
 def accuracy_matrix(num_tasks: int) -> np.ndarray:
@@ -55,7 +61,7 @@ def run(ctx: Context) -> None:
     plots.accuracy_heatmap(paths.ACCURACY_PNG, a, title)
     print(f"accuracy matrix, {title} (row: task, column: after training task)")
     print(frame.to_string(float_format=lambda v: f"{v:.3f}", na_rep="·"))
-    for k in ("final_average_accuracy", "average_incremental_accuracy", "forgetting", "backward_transfer"):
+    for k in METRICS:
         print(f"{k:30s} {summary[k]:.4f}")
     if mechanism:
         r = summary["replay"]

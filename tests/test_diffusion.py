@@ -1,7 +1,5 @@
 """Noise schedules, respacing, the forward process, the posterior, samplers and EMA."""
 import math
-import subprocess
-import sys
 
 import pytest
 import torch

@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from guide.continual import METHODS, replay_guidance
+from guide.continual import METHODS
+from guide.replay import replay_guidance
 from guide.diffusion import NoiseSchedule
 from guide.guidance import ClassGuidance, draw_scales, make_guidance
 from guide.models import SmallCNN

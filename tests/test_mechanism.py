@@ -3,7 +3,8 @@ classifier's mass on it, measured against the unguided twin from the same noise.
 import torch
 from torch import nn
 
-from guide.continual import METHODS, generate, replay_guidance
+from guide.continual import METHODS, generate
+from guide.replay import replay_guidance
 from guide.diffusion import NoiseSchedule
 from guide.mechanism import ReplayProbe, replay_stats
 

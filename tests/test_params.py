@@ -52,6 +52,29 @@ def test_committed_params_yaml_is_the_default_run_with_every_key():
     assert (p.data.dataset, p.data.num_tasks, p.run.method) == ("mnist5k", 5, "guide")
     assert raw == Params.model_validate(raw).model_dump(mode="json")  # no key left to a default
     assert p.tracking.wandb == "disabled"
+    assert p == Params() == preset("mnist5k")  # one default configuration, not three
+
+
+def test_every_choice_in_the_schema_is_the_cores_registry():
+    from typing import get_args
+
+    from guide.augment import AUGMENTATIONS
+    from guide.data import DATASETS, NUM_CLASSES
+    from guide.diffusion import SCHEDULES
+    from guide.models import CIFAR10_REFERENCE_UNET, CLASSIFIER_ARCHS
+    from guide.models.unet import CLASS_COND_KINDS
+    from guide.samplers import SAMPLERS
+    from params import schema
+
+    choices = {(schema.Data, "dataset"): DATASETS, (schema.Diffusion, "schedule"): SCHEDULES,
+               (schema.UNetParams, "class_cond"): CLASS_COND_KINDS, (schema.Sampling, "sampler"): SAMPLERS,
+               (schema.Classifier, "arch"): CLASSIFIER_ARCHS, (schema.Classifier, "augmentation"): AUGMENTATIONS}
+    for (group, field), registry in choices.items():
+        assert get_args(group.model_fields[field].annotation) == tuple(registry), (group.__name__, field)
+    assert set(NUM_CLASSES) == set(DATASETS) - {"synthetic"}
+    # the reference presets build the reference UNet as guide.models defines it
+    unet = preset("cifar10_5").diffusion.unet.model_dump()
+    assert unet == {k: v for k, v in CIFAR10_REFERENCE_UNET.items() if k in unet}
 
 
 def test_cli_check_exits_2_naming_the_field(tmp_path):
