@@ -29,12 +29,9 @@ class Recorder:
             self.keys.add(prefix + name)
 
     def read_all(self, group: schema.Group) -> None:
-        for name in type(group).model_fields:
-            value = object.__getattribute__(group, name)
-            if isinstance(value, schema.Group):
-                self.read_all(value)
-            else:
-                self.read(group, name)
+        prefix = self._paths.get(id(group))
+        if prefix is not None:
+            self.keys.update(leaves(group, prefix))
 
 
 @contextlib.contextmanager
