@@ -5,6 +5,7 @@ after `dvc repro` a flow run reruns nothing, and after a flow run `dvc status` i
 
     python -m pipeline.flow                 # run (a temporary Prefect server starts if none is set)
     python -m pipeline.flow --workers 2     # at most 2 stages at a time, each with its share of the cores
+    python -m pipeline.flow --runner dask   # the stages on a temporary local Dask cluster (--address: an existing one)
     prefect server start                    # then, in another shell, set PREFECT_API_URL and run:
     PREFECT_API_URL=http://127.0.0.1:4200/api python -m pipeline.flow   # watch it at http://127.0.0.1:4200
 
@@ -32,6 +33,7 @@ from pathlib import Path
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # no telemetry: nothing leaves the machine
 
 from prefect import flow, get_run_logger, task  # noqa: E402
+from prefect.futures import as_completed  # noqa: E402
 from prefect.states import Failed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
@@ -95,6 +97,11 @@ class Repository:
             self.repo._reset()  # what earlier commits wrote, not a cached index
             return self.repo.status(targets=[name])
 
+    def changes(self, name: str) -> str:
+        """What DVC finds changed for stage `name`, as one line ("" when it is up to date)."""
+        changed = self.status(name)
+        return json.dumps(changed.get(name, changed), default=str) if changed else ""
+
     def commit(self, name: str) -> None:
         with self._mutex:
             self.repo._reset()
@@ -118,11 +125,9 @@ def thread_env(workers: int, cores: int | None = None) -> dict[str, str]:
     """Each of `workers` side-by-side stages gets its share of the cores: two torch processes with a
     thread per core each thrash (measured on 2 cores: a diffusion step 0.17 s alone, ~1 s beside
     another). `run.threads`, when set, still wins inside the stage. An OMP_NUM_THREADS the user set
-    is kept."""
-    if "OMP_NUM_THREADS" in os.environ:
-        return {}
-    share = max(1, (cores or os.cpu_count() or 1) // max(1, workers))
-    return {"OMP_NUM_THREADS": str(share), "MKL_NUM_THREADS": str(share)}
+    is kept. Always explicit: a Dask worker's own environment says 1 thread (Dask's default)."""
+    share = os.environ.get("OMP_NUM_THREADS") or str(max(1, (cores or os.cpu_count() or 1) // max(1, workers)))
+    return {"OMP_NUM_THREADS": share, "MKL_NUM_THREADS": share}
 
 
 def describe_exit(code: int) -> str:
@@ -135,15 +140,16 @@ def describe_exit(code: int) -> str:
 
 
 @task(name="stage", retries=0)
-def run_stage(name: str, cmd: str, root: str, outputs: list[str], threads: dict[str, str]):
-    """Run one stage if DVC says it is stale; returns "ran" or "fresh", or a Failed state."""
+def run_stage(name: str, cmd: str, root: str, outputs: list[str], threads: dict[str, str], changed: str):
+    """Run one stage that DVC found stale (`changed`: what changed, "" when fresh) in `root`, on whichever worker
+    the task runner gives it; a fresh stage only publishes. Returns "ran" or "fresh", or a Failed
+    state. The flow, not the worker, asked DVC and commits the result into dvc.lock."""
     logger = get_run_logger()
-    changed = _repository.status(name)
     if not changed:
         logger.info("%s is up to date; skipped", name)
         publish(root, outputs)  # every flow run shows the results, fresh or not
         return "fresh"
-    logger.info("%s: %s", name, changed.get(name, changed))
+    logger.info("%s: %s", name, changed)
     clear_outputs(root, outputs)
     logger.info("$ %s", cmd)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **threads}
@@ -155,7 +161,6 @@ def run_stage(name: str, cmd: str, root: str, outputs: list[str], threads: dict[
             logger.info(line)
     if proc.wait():
         return Failed(message=f"stage {name} failed ({describe_exit(proc.returncode)}): {cmd}")
-    _repository.commit(name)
     publish(root, outputs)
     return "ran"
 
@@ -209,19 +214,32 @@ def guide_pipeline(root: str = ".", params_path: str = "params.yaml", workers: i
     dvc_yaml = Path(root) / "dvc.yaml"
     if not dvc_yaml.exists() or dvc_yaml.read_text() != render(stages):
         raise RuntimeError(f"{dvc_yaml} does not match {params_path}: run `python -m pipeline.render` first")
-    with locked(root):
-        futures = {}
-        for st in stages:
-            futures[st.name] = run_stage.with_options(task_run_name=st.name, tags=stage_tags(st, p.run.method)).submit(
-                st.name, st.cmd, root, list(st.outputs), thread_env(workers),
-                wait_for=[futures[u] for u in st.upstream])
-        outcome = {}
-        for name, fut in futures.items():
-            fut.wait()
-            state = fut.state
-            outcome[name] = (fut.result() if state.is_completed() else
-                             f"failed: {state.message}" if state.is_failed() else "not run")
-    return outcome
+    outcome: dict[str, str] = {}
+    with locked(root) as repo:
+        waiting, running = list(stages), {}
+        while waiting or running:
+            for st in list(waiting):  # submit every stage whose upstream is done, as DVC sees it now
+                ups = [outcome.get(u) for u in st.upstream]
+                if any(u is not None and u not in ("ran", "fresh") for u in ups):
+                    outcome[st.name] = "not run"
+                elif all(u is not None for u in ups):
+                    running[st.name] = run_stage.with_options(
+                        task_run_name=st.name, tags=stage_tags(st, p.run.method)).submit(
+                        st.name, st.cmd, root, list(st.outputs), thread_env(workers), repo.changes(st.name))
+                else:
+                    continue
+                waiting.remove(st)
+            if not running:
+                continue
+            done = next(as_completed(list(running.values())))
+            name = next(n for n, f in running.items() if f is done)
+            del running[name]
+            done.wait()  # the final state, as the runner has it (`.state` alone may ask the API, which lags)
+            state = done.state
+            outcome[name] = done.result() if state.is_completed() else f"failed: {state.message}"
+            if outcome[name] == "ran":
+                repo.commit(name)  # before any stage after it asks DVC for its status
+    return {st.name: outcome[st.name] for st in stages}
 
 
 class locked:
@@ -244,21 +262,47 @@ class locked:
         return False
 
 
+RUNNERS = ("threads", "dask")
+
+
+def task_runner(kind: str, workers: int, address: str | None = None):
+    """Prefect's task runner for `kind`. Stages run as subprocesses in the repository folder, so a
+    Dask worker must see it at the same path (a local cluster, or workers on a shared filesystem);
+    the flow itself asks DVC for every status and commits every result, from this process."""
+    if kind == "threads":
+        return ThreadPoolTaskRunner(max_workers=workers)
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise ParamsError("--runner dask needs prefect-dask: pip install -e '.[dask]'") from None
+    if address:
+        return DaskTaskRunner(address=address)
+    # one stage per worker process; the stage's threads come from thread_env, not from Dask
+    return DaskTaskRunner(cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True,
+                                          "dashboard_address": None})
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.flow", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default=".", help="the repository (where dvc.yaml is)")
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--workers", type=int, default=2, help="stages run side by side at most")
+    ap.add_argument("--runner", choices=RUNNERS, default="threads",
+                    help="where stages run: threads of this process (default), or a Dask cluster")
+    ap.add_argument("--address", help="with --runner dask: the scheduler (tcp://HOST:8786); none: a temporary "
+                                      "local cluster of --workers processes")
     args = ap.parse_args(argv)
+    if args.address and args.runner == "threads":
+        ap.error("--address needs --runner dask")
     global _repository
     root, cwd = os.path.abspath(args.root), os.getcwd()
     try:
         os.chdir(root)  # DVC resolves stage targets against the working directory
         load_params(Path(root) / args.params)
         with Repository(root) as _repository:  # before Prefect starts: a busy repository is one line
-            outcome = guide_pipeline.with_options(task_runner=ThreadPoolTaskRunner(max_workers=args.workers))(
-                root, args.params, args.workers)
+            runner = task_runner(args.runner, args.workers, args.address)
+            outcome = guide_pipeline.with_options(task_runner=runner)(root, args.params, args.workers)
     except (ParamsError, RepositoryBusy) as err:
         print(f"pipeline.flow: {err}", file=sys.stderr)
         return 2
@@ -276,4 +320,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run from the imported module, not __main__: a Dask worker then imports the task by name
+    # instead of unpickling a copy of this module's globals (the repository lock among them)
+    from pipeline.flow import main as _main
+
+    sys.exit(_main())

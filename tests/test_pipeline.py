@@ -157,6 +157,28 @@ def test_flow_reruns_what_changed_and_leaves_dvc_status_clean(repo):
     restore(path, env)
 
 
+def test_the_flow_on_a_local_dask_cluster_writes_the_lock_dvc_repro_writes(repo, tmp_path):
+    """A cold smoke run with every stage on a 2-process Dask cluster: dvc.lock as `dvc repro` wrote it,
+    `dvc status` clean after, and a second flow run reruns nothing."""
+    pytest.importorskip("prefect_dask")
+    path, env, _ = repo
+    fresh = tmp_path / "dask"
+    fresh.mkdir()
+    for f in sh("git ls-files", path, env=env).stdout.split():
+        if f != "dvc.lock" and not f.startswith(("artifacts/", "metrics/", "plots/")):
+            (fresh / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path / f, fresh / f)
+    sh("git init -q && git add -A && git commit -qm smoke", fresh, env=env)
+    # float reductions depend on the thread count, so the stages get the threads `dvc repro` gave them
+    same = {**env, "OMP_NUM_THREADS": sh('python -c "import torch; print(torch.get_num_threads())"', fresh,
+                                         env=env).stdout.strip()}
+    r = sh("python -m pipeline.flow --runner dask --workers 2", fresh, env=same)
+    assert "13 of 13 stages ran" in r.stdout, r.stdout[-500:]
+    assert yaml.safe_load((fresh / "dvc.lock").read_text()) == yaml.safe_load((path / "dvc.lock").read_text())
+    assert "up to date" in sh("dvc status", fresh, env=env).stdout
+    assert "0 of 13 stages ran" in sh("python -m pipeline.flow --runner dask", fresh, env=same).stdout
+
+
 def test_a_second_fresh_repository_writes_byte_identical_artifacts(repo, tmp_path):
     path, env, _ = repo
     other, _, _ = smoke_repo(tmp_path / "other")
