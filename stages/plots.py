@@ -1,14 +1,20 @@
 """Figures a person looks at: replay grids (unguided vs guided from the same noise) and the accuracy
-matrix as a heatmap. PNG files written atomically."""
+matrix as a heatmap. PNG files written atomically. Matplotlib loads only when a figure is drawn
+(half a second of every stage start that imports this module otherwise)."""
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from guide.io import atomic_path
 
-from guide.io import atomic_path  # noqa: E402
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _image(x) -> np.ndarray:
@@ -19,7 +25,7 @@ def _image(x) -> np.ndarray:
 def replay_grid(path: str, unguided, guided, labels, targets, names: list[str], title: str) -> None:
     """Two rows over the same noise and labels: unguided replay, then guided replay with the class
     the guidance aimed at."""
-    k = len(labels)
+    k, plt = len(labels), _pyplot()
     fig, axes = plt.subplots(2, k, figsize=(1.3 * k + 0.6, 3.2), squeeze=False)
     for j in range(k):
         for row, imgs in enumerate((unguided, guided)):
@@ -40,7 +46,7 @@ def replay_grid(path: str, unguided, guided, labels, targets, names: list[str], 
 
 def accuracy_heatmap(path: str, matrix: np.ndarray, title: str) -> None:
     """A[i][j] = accuracy on task i after task j; blank where task i is not seen yet."""
-    t = matrix.shape[0]
+    t, plt = matrix.shape[0], _pyplot()
     fig, ax = plt.subplots(figsize=(1.0 * t + 2, 0.8 * t + 1.6))
     im = ax.imshow(np.ma.masked_invalid(matrix), vmin=0, vmax=1, cmap="viridis")
     for i in range(t):
