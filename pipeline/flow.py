@@ -6,6 +6,9 @@ after `dvc repro` a flow run reruns nothing, and after a flow run `dvc status` i
     python -m pipeline.flow                 # run (a temporary Prefect server starts if none is set)
     python -m pipeline.flow --workers 2     # at most 2 stages at a time, each with its share of the cores
     python -m pipeline.flow --runner dask   # the stages on a temporary local Dask cluster (--address: an existing one)
+    python -m pipeline.flow --runner ray    # ... or Ray (--address ray://HOST:10001; --stage-gpus 1 on GPU workers)
+    python -m pipeline.flow --runner dask --exchange remote   # workers without the driver's folder:
+                                            # data through the default DVC remote (pipeline/exchange.py)
     prefect server start                    # then, in another shell, set PREFECT_API_URL and run:
     PREFECT_API_URL=http://127.0.0.1:4200/api python -m pipeline.flow   # watch it at http://127.0.0.1:4200
 
@@ -39,6 +42,7 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from guide.metrics import METRICS  # noqa: E402
 from params import ParamsError, load_params  # noqa: E402
+from pipeline import exchange  # noqa: E402
 from pipeline.graph import build_graph  # noqa: E402
 from pipeline.render import render  # noqa: E402
 from stages import paths  # noqa: E402
@@ -107,6 +111,13 @@ class Repository:
             self.repo._reset()
             self.repo.commit(name, force=True)
 
+    def record(self, name: str, entry: dict, files: dict[str, bytes]) -> None:
+        """A stage a worker ran in its own workspace: its uncached outputs written here, its lock
+        entry recorded and its cached outputs pulled from the remote (pipeline/exchange.py)."""
+        with self._mutex:
+            exchange.write_files(self.root, files)
+            exchange.record(self.repo, name, entry)
+
 
 _repository: Repository | None = None  # the flow's locked repository, shared by its task runs
 
@@ -140,19 +151,29 @@ def describe_exit(code: int) -> str:
 
 
 @task(name="stage", retries=0)
-def run_stage(name: str, cmd: str, root: str, outputs: list[str], threads: dict[str, str], changed: str):
+def run_stage(name: str, cmd: str, root: str, outputs: list[str], threads: dict[str, str], changed: str,
+              remote: dict | None = None):
     """Run one stage that DVC found stale (`changed`: what changed, "" when fresh) in `root`, on whichever worker
     the task runner gives it; a fresh stage only publishes. Returns "ran" or "fresh", or a Failed
-    state. The flow, not the worker, asked DVC and commits the result into dvc.lock."""
+    state. The flow, not the worker, asked DVC and commits the result into dvc.lock.
+
+    With `remote` (`--exchange remote`), the stage runs in this worker's own clone instead of `root`:
+    its upstream outputs pulled from the DVC remote, its outputs pushed there, and ("ran", lock entry,
+    uncached output files) returned for the driver to record."""
     logger = get_run_logger()
     if not changed:
         logger.info("%s is up to date; skipped", name)
-        publish(root, outputs)  # every flow run shows the results, fresh or not
+        if remote is None:
+            publish(root, outputs)  # every flow run shows the results, fresh or not
         return "fresh"
     logger.info("%s: %s", name, changed)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **threads}
+    if remote is not None:
+        root = str(exchange.workspace(remote["url"], remote["commit"]))
+        logger.info("workspace %s: pulling %s", root, ", ".join(remote["upstream"]) or "nothing")
+        exchange.prepare(Path(root), remote["lock"], remote["upstream"], remote["files"], env)
     clear_outputs(root, outputs)
     logger.info("$ %s", cmd)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **threads}
     proc = subprocess.Popen(cmd, shell=True, cwd=root, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
@@ -162,6 +183,10 @@ def run_stage(name: str, cmd: str, root: str, outputs: list[str], threads: dict[
     if proc.wait():
         return Failed(message=f"stage {name} failed ({describe_exit(proc.returncode)}): {cmd}")
     publish(root, outputs)
+    if remote is not None:
+        entry = exchange.finish(Path(root), name, env)
+        logger.info("%s pushed to the DVC remote", name)
+        return "ran", entry, exchange.read_files(root, exchange.uncached(outputs))
     return "ran"
 
 
@@ -206,16 +231,22 @@ def stage_tags(stage, method: str) -> list[str]:
 
 
 @flow(name="guide-pipeline", log_prints=True)
-def guide_pipeline(root: str = ".", params_path: str = "params.yaml", workers: int = 2) -> dict[str, str]:
+def guide_pipeline(root: str = ".", params_path: str = "params.yaml", workers: int = 2,
+                   exchange_mode: str = "shared", repo_url: str | None = None,
+                   stage_gpus: float = 0.0) -> dict[str, str]:
     """The task graph of params.yaml; returns each stage's outcome: "ran", "fresh", "failed: …" or
-    "not run" (after a failure upstream)."""
+    "not run" (after a failure upstream). `exchange_mode` "remote": workers run stages in clones of
+    `repo_url` (default: `root`) and exchange data through the DVC remote. `stage_gpus`: GPUs a
+    training or sampling stage asks the Ray runner for."""
     p = load_params(Path(root) / params_path)
     stages = build_graph(p)
     dvc_yaml = Path(root) / "dvc.yaml"
     if not dvc_yaml.exists() or dvc_yaml.read_text() != render(stages):
         raise RuntimeError(f"{dvc_yaml} does not match {params_path}: run `python -m pipeline.render` first")
     outcome: dict[str, str] = {}
+    by_name = {st.name: st for st in stages}
     with locked(root) as repo:
+        commit = exchange.check_driver(root, repo.repo) if exchange_mode == "remote" else None
         waiting, running = list(stages), {}
         while waiting or running:
             for st in list(waiting):  # submit every stage whose upstream is done, as DVC sees it now
@@ -223,9 +254,19 @@ def guide_pipeline(root: str = ".", params_path: str = "params.yaml", workers: i
                 if any(u is not None and u not in ("ran", "fresh") for u in ups):
                     outcome[st.name] = "not run"
                 elif all(u is not None for u in ups):
-                    running[st.name] = run_stage.with_options(
-                        task_run_name=st.name, tags=stage_tags(st, p.run.method)).submit(
-                        st.name, st.cmd, root, list(st.outputs), thread_env(workers), repo.changes(st.name))
+                    changed = repo.changes(st.name)
+                    remote = None
+                    if commit is not None and changed:
+                        upstream = [by_name[u] for u in st.upstream]
+                        remote = {"url": repo_url or root, "commit": commit, "upstream": [u.name for u in upstream],
+                                  "lock": (Path(root) / exchange.LOCK).read_text()
+                                  if (Path(root) / exchange.LOCK).exists() else "",
+                                  "files": exchange.read_files(root, [o for u in upstream
+                                                                      for o in exchange.uncached(u.outputs)])}
+                    with resources(st.kind, stage_gpus):
+                        running[st.name] = run_stage.with_options(
+                            task_run_name=st.name, tags=stage_tags(st, p.run.method)).submit(
+                            st.name, st.cmd, root, list(st.outputs), thread_env(workers), changed, remote)
                 else:
                     continue
                 waiting.remove(st)
@@ -236,9 +277,13 @@ def guide_pipeline(root: str = ".", params_path: str = "params.yaml", workers: i
             del running[name]
             done.wait()  # the final state, as the runner has it (`.state` alone may ask the API, which lags)
             state = done.state
-            outcome[name] = done.result() if state.is_completed() else f"failed: {state.message}"
-            if outcome[name] == "ran":
+            result = done.result() if state.is_completed() else f"failed: {state.message}"
+            if isinstance(result, (tuple, list)):  # ran on a worker's own clone: record what it pushed
+                result, entry, files = result
+                repo.record(name, entry, files)
+            elif result == "ran":
                 repo.commit(name)  # before any stage after it asks DVC for its status
+            outcome[name] = result
     return {st.name: outcome[st.name] for st in stages}
 
 
@@ -262,15 +307,47 @@ class locked:
         return False
 
 
-RUNNERS = ("threads", "dask")
+RUNNERS = ("threads", "dask", "ray")
+EXCHANGES = ("shared", "remote")
+GPU_KINDS = ("rehearsal", "diffusion", "replay", "classifier", "oracle")  # the stages that train or sample
+
+
+class resources:
+    """Ray's per-task resources for a stage: `gpus` GPUs for the stages that train or sample, none for
+    the rest. A no-op for the other runners and for gpus=0 (a Ray task asking for a GPU the
+    cluster lacks would wait forever)."""
+
+    def __init__(self, kind: str, gpus: float):
+        self.ctx = None
+        if gpus and kind in GPU_KINDS:
+            from prefect_ray.context import remote_options
+
+            self.ctx = remote_options(num_gpus=gpus)
+
+    def __enter__(self):
+        return self.ctx.__enter__() if self.ctx is not None else None
+
+    def __exit__(self, *exc):
+        return self.ctx.__exit__(*exc) if self.ctx is not None else False
 
 
 def task_runner(kind: str, workers: int, address: str | None = None):
-    """Prefect's task runner for `kind`. Stages run as subprocesses in the repository folder, so a
-    Dask worker must see it at the same path (a local cluster, or workers on a shared filesystem);
-    the flow itself asks DVC for every status and commits every result, from this process."""
+    """Prefect's task runner for `kind`. With the default `--exchange shared`, stages run as
+    subprocesses in the repository folder, so a Dask or Ray worker must see it at the same path (a
+    local cluster, or workers on a shared filesystem); with `--exchange remote` they need not. The
+    flow itself asks DVC for every status and writes every result into dvc.lock, from this process."""
     if kind == "threads":
         return ThreadPoolTaskRunner(max_workers=workers)
+    if kind == "ray":
+        try:
+            from prefect_ray import RayTaskRunner
+        except ImportError:
+            raise ParamsError("--runner ray needs prefect-ray: pip install -e '.[ray]'") from None
+        if address:
+            return RayTaskRunner(address=address)
+        # a temporary local Ray: one CPU slot per stage, so at most `workers` stages side by side
+        return RayTaskRunner(init_kwargs={"num_cpus": workers, "include_dashboard": False,
+                                          "log_to_driver": False})
     try:
         from prefect_dask import DaskTaskRunner
     except ImportError:
@@ -289,12 +366,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--workers", type=int, default=2, help="stages run side by side at most")
     ap.add_argument("--runner", choices=RUNNERS, default="threads",
-                    help="where stages run: threads of this process (default), or a Dask cluster")
-    ap.add_argument("--address", help="with --runner dask: the scheduler (tcp://HOST:8786); none: a temporary "
-                                      "local cluster of --workers processes")
+                    help="where stages run: threads of this process (default), a Dask or a Ray cluster")
+    ap.add_argument("--address", help="with --runner dask: the scheduler (tcp://HOST:8786); with --runner ray: "
+                                      "the cluster (ray://HOST:10001 or auto); none: a temporary local cluster "
+                                      "of --workers processes")
+    ap.add_argument("--exchange", choices=EXCHANGES, default="shared",
+                    help="shared: workers run stages in this folder (same path); remote: each worker in its own "
+                         "clone, data through the default DVC remote")
+    ap.add_argument("--repo-url", help="with --exchange remote: the git URL workers clone (default: --root)")
+    ap.add_argument("--stage-gpus", type=float, default=0.0,
+                    help="with --runner ray: GPUs each training or sampling stage asks for (default 0)")
     args = ap.parse_args(argv)
     if args.address and args.runner == "threads":
-        ap.error("--address needs --runner dask")
+        ap.error("--address needs --runner dask or ray")
+    if args.exchange == "remote" and args.runner == "threads":
+        ap.error("--exchange remote needs --runner dask or ray (threads share this folder)")
+    if args.repo_url and args.exchange != "remote":
+        ap.error("--repo-url needs --exchange remote")
+    if args.stage_gpus and args.runner != "ray":
+        ap.error("--stage-gpus needs --runner ray (Dask and threads cannot reserve a GPU per task)")
     global _repository
     root, cwd = os.path.abspath(args.root), os.getcwd()
     try:
@@ -302,8 +392,11 @@ def main(argv: list[str] | None = None) -> int:
         load_params(Path(root) / args.params)
         with Repository(root) as _repository:  # before Prefect starts: a busy repository is one line
             runner = task_runner(args.runner, args.workers, args.address)
-            outcome = guide_pipeline.with_options(task_runner=runner)(root, args.params, args.workers)
-    except (ParamsError, RepositoryBusy) as err:
+            if args.exchange == "remote":
+                exchange.check_driver(root, _repository.repo)  # one line before Prefect starts
+            outcome = guide_pipeline.with_options(task_runner=runner)(
+                root, args.params, args.workers, args.exchange, args.repo_url, args.stage_gpus)
+    except (ParamsError, RepositoryBusy, exchange.ExchangeError) as err:
         print(f"pipeline.flow: {err}", file=sys.stderr)
         return 2
     finally:

@@ -157,26 +157,54 @@ def test_flow_reruns_what_changed_and_leaves_dvc_status_clean(repo):
     restore(path, env)
 
 
-def test_the_flow_on_a_local_dask_cluster_writes_the_lock_dvc_repro_writes(repo, tmp_path):
-    """A cold smoke run with every stage on a 2-process Dask cluster: dvc.lock as `dvc repro` wrote it,
-    `dvc status` clean after, and a second flow run reruns nothing."""
+def test_the_flow_on_dask_workers_with_no_shared_folder_writes_the_lock_dvc_repro_writes(repo, tmp_path):
+    """A cold smoke run on a 2-process Dask cluster with `--exchange remote`: every stage runs in a
+    worker's own clone and its data goes through a local-directory DVC remote, not the driver's
+    folder. dvc.lock as `dvc repro` wrote it, every cached output in the remote, `dvc status` clean
+    after, a second flow run reruns nothing; uncommitted tracked files are refused in one line."""
     pytest.importorskip("prefect_dask")
     path, env, _ = repo
-    fresh = tmp_path / "dask"
+    fresh, remote, spaces = tmp_path / "driver", tmp_path / "remote", tmp_path / "workers"
     fresh.mkdir()
     for f in sh("git ls-files", path, env=env).stdout.split():
         if f != "dvc.lock" and not f.startswith(("artifacts/", "metrics/", "plots/")):
             (fresh / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path / f, fresh / f)
-    sh("git init -q && git add -A && git commit -qm smoke", fresh, env=env)
+    sh(f"git init -q && dvc remote add -q -d store {remote} && git add -A && git commit -qm smoke", fresh, env=env)
     # float reductions depend on the thread count, so the stages get the threads `dvc repro` gave them
-    same = {**env, "OMP_NUM_THREADS": sh('python -c "import torch; print(torch.get_num_threads())"', fresh,
-                                         env=env).stdout.strip()}
-    r = sh("python -m pipeline.flow --runner dask --workers 2", fresh, env=same)
+    same = {**env, "GUIDE_FLOW_WORKSPACES": str(spaces),
+            "OMP_NUM_THREADS": sh('python -c "import torch; print(torch.get_num_threads())"', fresh,
+                                  env=env).stdout.strip()}
+    flow = "python -m pipeline.flow --runner dask --workers 2 --exchange remote"
+    r = sh(flow, fresh, env=same)
     assert "13 of 13 stages ran" in r.stdout, r.stdout[-500:]
-    assert yaml.safe_load((fresh / "dvc.lock").read_text()) == yaml.safe_load((path / "dvc.lock").read_text())
+    lock = yaml.safe_load((fresh / "dvc.lock").read_text())
+    assert lock == yaml.safe_load((path / "dvc.lock").read_text())
+    clones = list((spaces / "guide-flow").iterdir())
+    assert clones and all((c / "artifacts").is_dir() for c in clones)  # the stages ran there, not in `fresh`
+    cached = {o["md5"] for st in lock["stages"].values() for o in st.get("outs", [])
+              if not o["path"].startswith(("metrics/", "plots/"))}
+    in_remote = {f"{d.name}{f.name}" for d in (remote / "files" / "md5").iterdir() for f in d.iterdir()}
+    assert len(cached) >= 8 and cached <= in_remote
     assert "up to date" in sh("dvc status", fresh, env=env).stdout
-    assert "0 of 13 stages ran" in sh("python -m pipeline.flow --runner dask", fresh, env=same).stdout
+    assert "0 of 13 stages ran" in sh(flow, fresh, env=same).stdout
+    (fresh / "params.yaml").write_text((fresh / "params.yaml").read_text() + "\n")
+    r = sh(flow, fresh, env=same, check=False)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()], r.stderr
+    assert "params.yaml" in r.stderr and "commit them first" in r.stderr
+
+
+def test_the_flow_on_a_local_ray_cluster_reruns_what_is_stale_and_leaves_dvc_status_clean(repo):
+    """`--runner ray` on the reproduced smoke repository: only the stage whose output went missing runs,
+    on a Ray worker, and DVC agrees with the result."""
+    pytest.importorskip("prefect_ray")
+    path, env, _ = repo
+    before = out_hashes(path)
+    (path / "metrics/summary.json").unlink()
+    r = sh("python -m pipeline.flow --runner ray --workers 2", path, env=env)
+    assert "1 of 13 stages ran: report" in r.stdout, r.stdout[-500:]
+    assert "up to date" in sh("dvc status", path, env=env).stdout
+    assert out_hashes(path) == before
 
 
 def test_a_second_fresh_repository_writes_byte_identical_artifacts(repo, tmp_path):

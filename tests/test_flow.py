@@ -1,0 +1,69 @@
+"""The flow's scale-out options, without running a graph (the end-to-end runs are in test_pipeline.py)."""
+import os
+import subprocess
+
+import pytest
+
+from pipeline import exchange
+from pipeline.flow import GPU_KINDS, main, resources
+
+
+@pytest.mark.parametrize("argv, needs", [
+    (["--exchange", "remote"], "--exchange remote needs --runner dask or ray"),
+    (["--runner", "dask", "--stage-gpus", "1"], "--stage-gpus needs --runner ray"),
+    (["--runner", "ray", "--repo-url", "git@host:x.git"], "--repo-url needs --exchange remote"),
+    (["--address", "tcp://h:8786"], "--address needs --runner dask or ray"),
+])
+def test_flow_options_that_do_not_go_together_are_refused_naming_the_option(argv, needs, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(argv)
+    assert exit.value.code == 2 and needs in capsys.readouterr().err
+
+
+def test_stage_gpus_reserve_a_gpu_on_ray_for_the_stages_that_train_or_sample_only():
+    pytest.importorskip("prefect_ray")
+    from prefect_ray.context import RemoteOptionsContext
+
+    for kind in ("diffusion", "replay", "classifier", "evaluate", "report", "check_graph"):
+        with resources(kind, 0.5):
+            options = RemoteOptionsContext.get().current_remote_options
+            assert options == ({"num_gpus": 0.5} if kind in GPU_KINDS else {}), kind
+    with resources("diffusion", 0.0):
+        assert RemoteOptionsContext.get().current_remote_options == {}
+
+
+def test_uncached_outputs_travel_whole_with_the_task(tmp_path):
+    src, dst = tmp_path / "worker", tmp_path / "driver"
+    (src / "metrics/replay").mkdir(parents=True)
+    (src / "metrics/replay/task1.json").write_text('{"a": 1}')
+    (src / "plots").mkdir()
+    (src / "plots/grid.png").write_bytes(b"\x89PNG\x00")
+    (src / "artifacts").mkdir()
+    (src / "artifacts/model.pt").write_bytes(b"weights")
+    outputs = ["metrics/replay", "plots/grid.png", "artifacts/model.pt", "metrics/absent.json"]
+    assert exchange.uncached(outputs) == ["metrics/replay", "plots/grid.png", "metrics/absent.json"]
+    files = exchange.read_files(src, exchange.uncached(outputs))
+    assert files == {"metrics/replay/task1.json": b'{"a": 1}', "plots/grid.png": b"\x89PNG\x00"}
+    exchange.write_files(dst, files)
+    assert (dst / "metrics/replay/task1.json").read_text() == '{"a": 1}'
+    assert not list(dst.rglob("*.tmp")) and not (dst / "artifacts").exists()
+
+
+def test_remote_exchange_needs_a_default_remote_and_a_committed_tree(tmp_path):
+    from dvc.repo import Repo
+
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e.com",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@e.com"}
+    run = lambda cmd: subprocess.run(cmd, shell=True, cwd=tmp_path, env=env, check=True, capture_output=True)  # noqa: E731
+    run("git init -q && dvc init -q && echo a > params.yaml && git add -A && git commit -qm init")
+    with Repo(str(tmp_path)) as repo, pytest.raises(exchange.ExchangeError, match="dvc remote add -d"):
+        exchange.check_driver(str(tmp_path), repo)
+    run(f"dvc remote add -q -d store {tmp_path / 'remote'} && git add -A && git commit -qm remote")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    with Repo(str(tmp_path)) as repo:
+        assert exchange.check_driver(str(tmp_path), repo) == head
+        (tmp_path / "dvc.lock").write_text("schema: '2.0'\n")  # the driver's own lock may differ
+        assert exchange.check_driver(str(tmp_path), repo) == head
+        (tmp_path / "params.yaml").write_text("b\n")
+        with pytest.raises(exchange.ExchangeError, match=r"differ from it: params\.yaml; commit them first"):
+            exchange.check_driver(str(tmp_path), repo)
