@@ -83,14 +83,9 @@ def dvc(args: list[str], cwd: Path, env: dict[str, str]) -> None:
                             f"{(proc.stderr.strip() or proc.stdout.strip())[-500:]}")
 
 
-def uncached(outputs) -> list[str]:
-    """The outputs DVC keeps out of its cache (metrics/ and plots/, held by git), so the remote does
-    not carry them: they travel with the task instead (small JSON and PNG files)."""
-    return [o for o in outputs if o.startswith(("metrics/", "plots/"))]
-
-
 def read_files(root: str | Path, outputs: list[str]) -> dict[str, bytes]:
-    """The files of `outputs` (files or folders) under `root`, by path relative to it."""
+    """The files of `outputs` (files or folders) under `root`, by path relative to it: how the
+    uncached outputs (`pipeline.graph.uncached`, small JSON and PNG files) travel with the task."""
     root, files = Path(root), {}
     for out in outputs:
         path = root / out

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -43,7 +44,7 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from guide.metrics import METRICS  # noqa: E402
 from params import ParamsError, load_params  # noqa: E402
 from pipeline import exchange  # noqa: E402
-from pipeline.graph import build_graph  # noqa: E402
+from pipeline.graph import build_graph, uncached  # noqa: E402
 from pipeline.render import render  # noqa: E402
 from stages import paths  # noqa: E402
 
@@ -186,7 +187,7 @@ def run_stage(name: str, cmd: str, root: str, outputs: list[str], threads: dict[
     if remote is not None:
         entry = exchange.finish(Path(root), name, env)
         logger.info("%s pushed to the DVC remote", name)
-        return "ran", entry, exchange.read_files(root, exchange.uncached(outputs))
+        return "ran", entry, exchange.read_files(root, uncached(outputs))
     return "ran"
 
 
@@ -261,8 +262,7 @@ def guide_pipeline(root: str = ".", params_path: str = "params.yaml", workers: i
                         remote = {"url": repo_url or root, "commit": commit, "upstream": [u.name for u in upstream],
                                   "lock": (Path(root) / exchange.LOCK).read_text()
                                   if (Path(root) / exchange.LOCK).exists() else "",
-                                  "files": exchange.read_files(root, [o for u in upstream
-                                                                      for o in exchange.uncached(u.outputs)])}
+                                  "files": exchange.read_files(root, [o for u in upstream for o in uncached(u.outputs)])}
                     with resources(st.kind, stage_gpus):
                         running[st.name] = run_stage.with_options(
                             task_run_name=st.name, tags=stage_tags(st, p.run.method)).submit(
@@ -312,23 +312,15 @@ EXCHANGES = ("shared", "remote")
 GPU_KINDS = ("rehearsal", "diffusion", "replay", "classifier", "oracle")  # the stages that train or sample
 
 
-class resources:
-    """Ray's per-task resources for a stage: `gpus` GPUs for the stages that train or sample, none for
-    the rest. A no-op for the other runners and for gpus=0 (a Ray task asking for a GPU the
-    cluster lacks would wait forever)."""
+def resources(kind: str, gpus: float):
+    """Ray's per-task resources for a stage, as a context for its submission: `gpus` GPUs for the
+    stages that train or sample, none for the rest. A no-op for gpus=0, which the other runners
+    always have (a Ray task asking for a GPU the cluster lacks would wait forever)."""
+    if not gpus or kind not in GPU_KINDS:
+        return contextlib.nullcontext()
+    from prefect_ray.context import remote_options
 
-    def __init__(self, kind: str, gpus: float):
-        self.ctx = None
-        if gpus and kind in GPU_KINDS:
-            from prefect_ray.context import remote_options
-
-            self.ctx = remote_options(num_gpus=gpus)
-
-    def __enter__(self):
-        return self.ctx.__enter__() if self.ctx is not None else None
-
-    def __exit__(self, *exc):
-        return self.ctx.__exit__(*exc) if self.ctx is not None else False
+    return remote_options(num_gpus=gpus)
 
 
 def task_runner(kind: str, workers: int, address: str | None = None):

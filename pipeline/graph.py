@@ -25,6 +25,15 @@ def reads(kind: str, p: Params, task: int | None = None, round: int | None = Non
     return importlib.import_module(f"stages.{kind}").reads(p, task, round)
 
 
+UNCACHED = ("metrics/", "plots/")  # results a person reads: DVC keeps them out of its cache, git holds them
+
+
+def uncached(outputs) -> list[str]:
+    """The outputs DVC keeps out of its cache (dvc.yaml says `cache: false` for them), so a DVC remote
+    does not carry them either."""
+    return [o for o in outputs if o.startswith(UNCACHED)]
+
+
 @dataclass(frozen=True)
 class Stage:
     name: str

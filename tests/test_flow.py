@@ -5,6 +5,7 @@ import subprocess
 import pytest
 
 from pipeline import exchange
+from pipeline.graph import uncached
 from pipeline.flow import GPU_KINDS, main, resources
 
 
@@ -41,8 +42,8 @@ def test_uncached_outputs_travel_whole_with_the_task(tmp_path):
     (src / "artifacts").mkdir()
     (src / "artifacts/model.pt").write_bytes(b"weights")
     outputs = ["metrics/replay", "plots/grid.png", "artifacts/model.pt", "metrics/absent.json"]
-    assert exchange.uncached(outputs) == ["metrics/replay", "plots/grid.png", "metrics/absent.json"]
-    files = exchange.read_files(src, exchange.uncached(outputs))
+    assert uncached(outputs) == ["metrics/replay", "plots/grid.png", "metrics/absent.json"]
+    files = exchange.read_files(src, uncached(outputs))
     assert files == {"metrics/replay/task1.json": b'{"a": 1}', "plots/grid.png": b"\x89PNG\x00"}
     exchange.write_files(dst, files)
     assert (dst / "metrics/replay/task1.json").read_text() == '{"a": 1}'
