@@ -4,6 +4,10 @@ DDIM-20; batch 32), so the numbers compare with the reference's figures in DESIG
 
     python benchmarks/bench_core.py                 # all three, 2 threads
     python benchmarks/bench_core.py --only guided   # one measurement (peak memory is per process)
+    python benchmarks/bench_core.py --precision bf16  # the UNet under bf16 autocast
+
+`benchmarks/core_vs_reference.py` runs each measurement in its own process, here and in the
+reference implementation (`bench_reference.py`), and prints the ratios.
 
 Peak resident memory is the process's high-water mark (ru_maxrss), so run one measurement per
 process to read it for that measurement alone.
@@ -23,13 +27,14 @@ from guide.models import UNet, resnet18
 from guide.samplers import ddim_sample
 
 
-def config_a() -> UNet:
+def config_a(precision: str = "fp32") -> UNet:
     return UNet(image_size=32, in_channels=3, model_channels=64, out_channels=3, num_res_blocks=2,
-                attention_resolutions=(16,), channel_mult=(1, 2, 2), num_classes=10, dropout=0.1)
+                attention_resolutions=(16,), channel_mult=(1, 2, 2), num_classes=10, dropout=0.1,
+                precision=precision)
 
 
-def bench_train(repeats: int) -> dict:
-    model = config_a().train()
+def bench_train(repeats: int, precision: str) -> dict:
+    model = config_a(precision).train()
     ema, opt = EMA(model), torch.optim.AdamW(model.parameters(), lr=2e-4)
     s = NoiseSchedule.make("linear", 1000)
     x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
@@ -46,8 +51,8 @@ def bench_train(repeats: int) -> dict:
     return {"diffusion_train_step_s": sum(times) / len(times)}
 
 
-def bench_sampling(guided: bool) -> dict:
-    model = config_a().eval().requires_grad_(False)
+def bench_sampling(guided: bool, precision: str) -> dict:
+    model = config_a(precision).eval().requires_grad_(False)
     s = NoiseSchedule.make("linear", 1000).respace("ddim20")
     noise, y = torch.randn(32, 3, 32, 32), torch.arange(32) % 8
     guidance = None
@@ -66,16 +71,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", choices=["train", "guided", "unguided"])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="the UNet's (diffusion.unet.precision)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    out = {"threads": args.threads, "torch": torch.__version__}
+    out = {"implementation": "this project", "precision": args.precision, "threads": args.threads,
+           "torch": torch.__version__}
     if args.only in (None, "train"):
-        out |= bench_train(args.repeats)
+        out |= bench_train(args.repeats, args.precision)
     if args.only in (None, "unguided"):
-        out |= bench_sampling(False)
+        out |= bench_sampling(False, args.precision)
     if args.only in (None, "guided"):
-        out |= bench_sampling(True)
+        out |= bench_sampling(True, args.precision)
     out["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
     print(json.dumps(out, indent=2))
 

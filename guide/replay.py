@@ -114,9 +114,8 @@ class GuidedReplay:
         device = next(self.unet.parameters()).device
         labels = torch.randint(self.old.start, self.old.stop, (n,), generator=noise)
         twin = torch.Generator().set_state(noise.get_state())
-        steer = current if self.method.guidance == "new" else None
         images, targets = generate(self.unet, self.schedule, labels.to(device), batch_size=self.batch_size,
-                                   generator=noise, guidance_for=self.guidance(steer, scales), callback=callback,
+                                   generator=noise, guidance_for=self.guidance(current, scales), callback=callback,
                                    **self.sampling)
         plain = images
         if bool((targets >= 0).any()):  # guided: draw the unguided twin from the same noise
@@ -130,10 +129,9 @@ class GuidedReplay:
         (labels, unguided, guided, targets)."""
         device = next(self.unet.parameters()).device
         labels = spread_labels(n, self.old)
-        steer = current if self.method.guidance == "new" else None
         runs = []
         for guided in (False, True):
-            factory = self.guidance(steer, torch.Generator().manual_seed(seed + 1)) if guided else None
+            factory = self.guidance(current, torch.Generator().manual_seed(seed + 1)) if guided else None
             runs.append(generate(self.unet, self.schedule, labels.to(device), batch_size=len(labels),
                                  generator=torch.Generator().manual_seed(seed), guidance_for=factory,
                                  **self.sampling))

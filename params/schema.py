@@ -19,7 +19,7 @@ from guide.continual import METHODS
 from guide.data import DATASETS, NUM_CLASSES
 from guide.diffusion import SCHEDULES, respaced_timesteps
 from guide.models import CLASSIFIER_ARCHS
-from guide.models.unet import CLASS_COND_KINDS
+from guide.models.unet import CLASS_COND_KINDS, PRECISIONS
 from guide.samplers import SAMPLERS
 
 
@@ -85,6 +85,9 @@ class UNetParams(Group):
     use_scale_shift_norm: bool = True
     resblock_updown: bool = False
     use_new_attention_order: bool = False
+    # "bf16": the UNet's forward pass (diffusion training, rehearsal and replay sampling) under bf16
+    # autocast; not the reference's arithmetic, so off unless chosen (README: "bf16")
+    precision: Literal[PRECISIONS] = "fp32"
 
 
 class Diffusion(Group):

@@ -154,6 +154,59 @@ def test_unet_input_gradient():
     assert grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("new_order", [False, True])
+def test_attention_block_is_softmax_attention_over_positions(new_order):
+    """The fused-kernel layout computes what the reference's QKV attention computes: per head,
+    softmax(qᵀk / √ch) weighting v, with the qkv channels split heads-first (legacy) or q|k|v-first."""
+    from guide.models.unet import AttentionBlock
+
+    torch.manual_seed(0)
+    block = AttentionBlock(64, num_heads=4, use_new_attention_order=new_order).eval()
+    randomise_zero_layers(block)
+    x = torch.randn(3, 64, 4, 5)
+    b, c, heads, ch, T = 3, 64, 4, 16, 20
+    with torch.no_grad():
+        flat = x.reshape(b, c, T)
+        qkv = block.qkv(block.norm(flat))
+        if new_order:
+            q, k, v = (part.reshape(b, heads, ch, T) for part in qkv.chunk(3, dim=1))
+        else:
+            q, k, v = qkv.reshape(b, heads, 3 * ch, T).split(ch, dim=2)
+        w = torch.softmax(torch.einsum("bhct,bhcs->bhts", q, k) / ch**0.5, dim=-1)
+        att = torch.einsum("bhts,bhcs->bhct", w, v).reshape(b, c, T)
+        expected = (flat + block.proj_out(att)).reshape(x.shape)
+        torch.testing.assert_close(block(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_unet_output_has_the_usual_layout_and_matches_a_contiguous_rerun():
+    model = tiny_unet(32, 3, "concat_time_1hot")
+    randomise_zero_layers(model)
+    x, t, y = torch.randn(2, 3, 32, 32), torch.tensor([5, 900]), torch.tensor([1, 7])
+    with torch.no_grad():
+        out = model(x, t, y)
+        again = model(x.contiguous(memory_format=torch.channels_last), t, y)
+    assert out.is_contiguous()  # channels-last inside, handed back in the usual layout
+    assert torch.equal(out, again)
+
+
+def test_bf16_precision_autocasts_the_forward_and_returns_fp32():
+    fp32 = tiny_unet(32, 3, "concat_time_1hot")
+    randomise_zero_layers(fp32)
+    bf16 = tiny_unet(32, 3, "concat_time_1hot", precision="bf16")
+    bf16.load_state_dict(fp32.state_dict())
+    x, t, y = torch.randn(2, 3, 32, 32), torch.tensor([5, 900]), torch.tensor([1, 7])
+    with torch.no_grad():
+        a, b = fp32(x, t, y), bf16(x, t, y)
+    assert b.dtype == torch.float32 and all(p.dtype == torch.float32 for p in bf16.parameters())
+    assert not torch.equal(a, b)  # bf16 arithmetic really ran
+    assert (a - b).abs().max() < 0.05 * a.abs().max()  # and is the same function, to bf16's precision
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(bf16(xg, t, y).square().sum(), xg)  # guidance differentiates it
+    assert grad.dtype == torch.float32 and torch.isfinite(grad).all()
+    with pytest.raises(ValueError, match="precision 'fp16'"):
+        tiny_unet(32, 3, "concat_time_1hot", precision="fp16")
+
+
 # --------------------------------------------------------------------------- classifiers
 
 

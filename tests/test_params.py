@@ -26,6 +26,7 @@ def test_bad_params_name_the_field():
     assert "data.num_tasks" in msg and "10 classes" in msg
     assert "replay.rounds" in _err({"replay": {"rounds": 3}, "classifier": {"steps_later": 500}})
     assert "scale_max" in _err({"guidance": {"scale": 1.0, "scale_max": 0.5}})
+    assert "diffusion.unet.precision:" in _err({"diffusion": {"unet": {"precision": "fp16"}}})
 
 
 def test_every_preset_is_valid_and_round_trips():
@@ -62,12 +63,13 @@ def test_every_choice_in_the_schema_is_the_cores_registry():
     from guide.data import DATASETS, NUM_CLASSES
     from guide.diffusion import SCHEDULES
     from guide.models import CIFAR10_REFERENCE_UNET, CLASSIFIER_ARCHS
-    from guide.models.unet import CLASS_COND_KINDS
+    from guide.models.unet import CLASS_COND_KINDS, PRECISIONS
     from guide.samplers import SAMPLERS
     from params import schema
 
     choices = {(schema.Data, "dataset"): DATASETS, (schema.Diffusion, "schedule"): SCHEDULES,
-               (schema.UNetParams, "class_cond"): CLASS_COND_KINDS, (schema.Sampling, "sampler"): SAMPLERS,
+               (schema.UNetParams, "class_cond"): CLASS_COND_KINDS, (schema.UNetParams, "precision"): PRECISIONS,
+               (schema.Sampling, "sampler"): SAMPLERS,
                (schema.Classifier, "arch"): CLASSIFIER_ARCHS, (schema.Classifier, "augmentation"): AUGMENTATIONS}
     for (group, field), registry in choices.items():
         assert get_args(group.model_fields[field].annotation) == tuple(registry), (group.__name__, field)

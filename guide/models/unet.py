@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 CLASS_COND_KINDS = ("concat_time_1hot", "add_time_learned", "none")
+PRECISIONS = ("fp32", "bf16")  # "bf16": the forward pass under bf16 autocast (weights stay fp32)
 
 # Constructor kwargs of the GUIDE CIFAR-10 diffusion model (README run commands
 # + guide/script_args.py defaults + create_model's channel_mult for 32x32).
@@ -40,6 +41,7 @@ CIFAR10_REFERENCE_UNET = dict(
     use_scale_shift_norm=True,
     resblock_updown=False,
     use_new_attention_order=False,
+    precision="fp32",  # the reference trains in fp32 (use_fp16=False)
 )
 
 
@@ -201,12 +203,17 @@ class AttentionBlock(nn.Module):
         qkv = self.qkv(self.norm(flat))  # [b, 3c, T]
         heads, ch = self.num_heads, c // self.num_heads
         if self.new_order:
-            q, k, v = (t.reshape(b * heads, ch, length) for t in qkv.chunk(3, dim=1))
+            qkv = qkv.reshape(b, 3, heads, ch, length).permute(1, 0, 2, 4, 3)
         else:
-            q, k, v = qkv.reshape(b * heads, 3 * ch, length).split(ch, dim=1)
-        # [B*H, T, ch] layout for scaled_dot_product_attention (scale 1/sqrt(ch))
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        out = out.transpose(1, 2).reshape(b, c, length)
+            qkv = qkv.reshape(b, heads, 3, ch, length).permute(2, 0, 1, 4, 3)
+        # contiguous [B, H, T, ch] each: on the CPU, scaled_dot_product_attention takes its fused
+        # (flash) kernel only for contiguous inputs, ~3× faster than the math fallback at T=256
+        q, k, v = qkv.float().contiguous().unbind(0)
+        # in fp32 under bf16 autocast too: the CPU's bf16 attention kernels, its backward above all,
+        # are slower than the fp32 ones at these sizes
+        with torch.autocast(x.device.type, enabled=False):
+            out = F.scaled_dot_product_attention(q, k, v).to(qkv.dtype)  # scale 1/sqrt(ch)
+        out = out.transpose(-1, -2).reshape(b, c, length)
         return (flat + self.proj_out(out)).reshape(b, c, *spatial)
 
 
@@ -220,6 +227,8 @@ class UNet(nn.Module):
 
     ``attention_resolutions`` are feature-map resolutions (e.g. (16, 8) for
     32x32 inputs); they are converted to downsample rates ``image_size // res``.
+    ``precision``: ``fp32``, or ``bf16`` to run the forward pass under bf16 autocast
+    (weights, optimiser state and output stay fp32).
     ``class_cond``:
       * ``concat_time_1hot`` - the time MLP's last linear outputs
         ``4*model_channels - num_classes`` features; the one-hot label is
@@ -247,8 +256,12 @@ class UNet(nn.Module):
         use_scale_shift_norm: bool = True,
         resblock_updown: bool = False,
         use_new_attention_order: bool = False,
+        precision: str = "fp32",
     ):
         super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; expected one of {PRECISIONS}")
+        self.precision = precision
         if class_cond not in CLASS_COND_KINDS:
             raise ValueError(f"unknown class_cond {class_cond!r}; expected one of {CLASS_COND_KINDS}")
         if class_cond != "none" and not num_classes:
@@ -348,13 +361,23 @@ class UNet(nn.Module):
         return torch.cat([emb, F.one_hot(y, self.num_classes).to(emb.dtype)], dim=1)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.precision == "fp32":
+            return self._forward(x, t, y)
+        # bf16: autocast (matmuls and convolutions in bf16, norms and softmax in fp32); the result,
+        # and so everything the sampler and the loss compute from it, is fp32
+        with torch.autocast(x.device.type, dtype=torch.bfloat16):
+            return self._forward(x, t, y).float()
+
+    def _forward(self, x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor]) -> torch.Tensor:
         emb = self.embed(t, y, x.shape[0], x.device)
         skips = []
-        h = x
+        # channels-last activations: oneDNN's convolutions run ~15% faster on the CPU in that layout
+        # (same math; the result is handed back in the usual layout)
+        h = x.contiguous(memory_format=torch.channels_last)
         for block in self.input_blocks:
             h = block(h, emb)
             skips.append(h)
         h = self.middle_block(h, emb)
         for block in self.output_blocks:
             h = block(torch.cat([h, skips.pop()], dim=1), emb)
-        return self.out(h)
+        return self.out(h).contiguous()
