@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from guide.diffusion import EMA, NoiseSchedule, epsilon_loss
+from guide.distributed import World
 from guide.samplers import Callback, sample
 
 
@@ -54,25 +55,31 @@ def fork_seed(generator: torch.Generator) -> int:
 # --- diffusion ---------------------------------------------------------------------------------
 def train_diffusion(model: nn.Module, ema: EMA, schedule: NoiseSchedule, x: Tensor, y: Tensor, *,
                     steps: int, batch_size: int, lr: float, weight_decay: float = 0.0,
-                    hflip: bool = True, generator: torch.Generator,
+                    hflip: bool = True, generator: torch.Generator, world: World = World(),
                     callback: Callable[[int, float], None] | None = None) -> list[float]:
     """Train the ε-network on (x, y) — real task data and rehearsal together, shuffled — with AdamW
-    and an EMA of the weights. Returns the per-step losses."""
+    and an EMA of the weights. Returns the per-step losses (of the global batch).
+
+    Data parallel over `world`'s ranks: each draws the same global batch (same `generator`) and
+    computes the loss on its share; DistributedDataParallel averages the gradients."""
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     model.train()
+    net = world.wrap(model)
+    batch = min(batch_size, len(x))
+    part = world.part(batch)
     losses = []
     for step in range(steps):
-        idx = torch.randint(0, len(x), (min(batch_size, len(x)),), generator=generator)
+        idx = torch.randint(0, len(x), (batch,), generator=generator)
         xb, yb = x[idx], y[idx]
         if hflip:
             flip = torch.rand(len(xb), generator=generator) < 0.5
             xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
-        loss = epsilon_loss(model, schedule, xb, yb, generator)
+        loss = epsilon_loss(net, schedule, xb, yb, generator, part)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         ema.update(model)
-        losses.append(loss.item())
+        losses.append(world.mean(loss.detach()).item())
         if callback is not None:
             callback(step + 1, losses[-1])
     return losses

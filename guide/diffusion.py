@@ -147,11 +147,17 @@ class NoiseSchedule:
 
 
 def epsilon_loss(model, schedule: NoiseSchedule, x0: Tensor, y: Tensor | None,
-                 generator: torch.Generator | None = None) -> Tensor:
-    """The simple DDPM objective: E_{t, ε} ‖ε − ε_θ(x_t, t, y)‖², t uniform over the schedule."""
+                 generator: torch.Generator | None = None, part: slice = slice(None)) -> Tensor:
+    """The simple DDPM objective: E_{t, ε} ‖ε − ε_θ(x_t, t, y)‖², t uniform over the schedule.
+
+    `part`: compute it on that slice of the batch only (a data-parallel rank's share); t and ε are
+    drawn for the whole batch first, so the ranks' shares together are the one-process batch."""
     n = x0.shape[0]
     t = torch.randint(0, schedule.num_steps, (n,), generator=generator, device="cpu").to(x0.device)
     noise = torch.randn(x0.shape, generator=generator, device="cpu").to(x0.device, x0.dtype)
+    if part != slice(None):
+        x0, t, noise = x0[part], t[part], noise[part]
+        y = y[part] if y is not None else None
     xt = schedule.q_sample(x0, t, noise)
     out = model(xt, schedule.model_timesteps(t), y)
     return F.mse_loss(out[:, : x0.shape[1]], noise)

@@ -46,6 +46,8 @@ class Run(Group):
     seed: int = 0  # every generator is seeded from this
     device: Literal["cpu", "cuda", "auto"] = "cpu"  # "auto" takes a GPU when there is one
     threads: int = Field(0, ge=0)  # torch CPU threads; 0 keeps torch's default
+    # processes (one per GPU) each data-parallel stage runs on, under torchrun; 1: plain python
+    devices: PositiveInt = 1
 
     @field_validator("method")
     @classmethod
@@ -242,10 +244,14 @@ class Params(Group):
             "rounds": self.replay.rounds,
             "guidance_mode": self.guidance.mode,
             "train_last_task": self.diffusion.train_last_task,
+            # the data-parallel stages' command (torchrun); absent at 1 so one-process keys stay as they were
+            **({"devices": self.run.devices} if self.run.devices > 1 else {}),
         }
 
     def structure_key(self) -> str:
         return hashlib.sha256(json.dumps(self.structure(), sort_keys=True).encode()).hexdigest()[:12]
 
 
-STRUCTURAL_KEYS = ("data.num_tasks", "run.method", "replay.rounds", "guidance.mode", "diffusion.train_last_task")
+STRUCTURAL_KEYS = ("data.num_tasks", "run.method", "replay.rounds", "guidance.mode", "diffusion.train_last_task",
+                   "run.devices")
+DATA_PARALLEL = ("diffusion",)  # the stage kinds that train data parallel; run.devices > 1 launches them with torchrun

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from guide.continual import METHODS
 from params import Params
+from params.schema import DATA_PARALLEL
 from pipeline.codedeps import code_deps
 from stages import paths
 
@@ -45,10 +46,12 @@ class Stage:
     metrics: tuple[str, ...] = ()  # outputs not cached, shown by `dvc metrics show`
     plots: tuple[str, ...] = ()  # outputs not cached, images a person looks at
     upstream: tuple[str, ...] = field(default=(), compare=False)  # names of the stages it waits for
+    processes: int = 1  # > 1: data parallel, launched by torchrun (run.devices)
 
     @property
     def cmd(self) -> str:
-        return " ".join(["python -m", f"stages.{self.kind}", *self.args])
+        launcher = "python" if self.processes == 1 else f"torchrun --standalone --nproc-per-node {self.processes}"
+        return " ".join([launcher, "-m", f"stages.{self.kind}", *self.args])
 
     @property
     def outputs(self) -> tuple[str, ...]:
@@ -69,7 +72,7 @@ def build_graph(p: Params) -> list[Stage]:
         params = reads(kind, p, task, round)  # the keys it reads, as the stage declares them
         upstream = tuple(dict.fromkeys(by_out[d] for d in deps if d in by_out))
         st = Stage(name, kind, tuple(args), tuple(deps), tuple(params), tuple(outs), tuple(metrics), tuple(plots),
-                   upstream)
+                   upstream, p.run.devices if kind in DATA_PARALLEL else 1)
         stages.append(st)
         for o in st.outputs:
             by_out[o] = name

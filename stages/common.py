@@ -17,9 +17,11 @@ import torch
 
 from guide.data import DatasetNotFoundError, ImageDataset, load_dataset, relabel, task_classes
 from guide.diffusion import NoiseSchedule
+from guide.distributed import World
 from guide.io import CorruptArtifactError, atomic_write_text, load_checkpoint
 from guide.models import UNet, build_classifier
 from params import Params, ParamsError, load_params
+from params.schema import DATA_PARALLEL
 from params.record import recording
 from stages import paths
 from stages.tracking import log, log_image, log_table, tracking  # noqa: F401  (the stages' tracking calls)
@@ -27,6 +29,7 @@ from stages.tracking import log, log_image, log_table, tracking  # noqa: F401  (
 
 SEED = "run.seed"  # every stage's generators and global seed derive from it
 UNET = ("diffusion.unet", "diffusion.schedule", "diffusion.num_timesteps")  # Context.new_unet, .schedule
+_MAIN = True  # False on the ranks > 0 of a data-parallel stage: no progress bars there
 
 
 @dataclass
@@ -37,12 +40,15 @@ class Context:
     params: Params
     task: int
     round: int
+    world: World = World()  # the data-parallel ranks (one process without a launcher)
 
     @functools.cached_property
     def device(self) -> torch.device:
         want = self.params.run.device
         if want == "auto":
             want = "cuda" if torch.cuda.is_available() else "cpu"
+        if want == "cuda" and self.world.size > 1:
+            return torch.device("cuda", self.world.local_rank)
         return torch.device(want)
 
     def generator(self, purpose: str = "") -> torch.Generator:
@@ -112,7 +118,7 @@ def progress(total: int, desc: str):
     """A tqdm bar on stderr (DVC and Prefect both show it in the stage log)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, file=sys.stderr, mininterval=2.0, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, file=sys.stderr, mininterval=2.0, dynamic_ncols=True, disable=not _MAIN)
 
 
 def sampling_bar(n_images: int, batch_size: int, steps: int, desc: str):
@@ -133,22 +139,35 @@ def parser(kind: str, doc: str | None) -> argparse.ArgumentParser:
 def run_stage(kind: str, body: Callable[[Context], None], argv: list[str] | None = None,
               doc: str | None = None) -> int:
     """Parse, validate, seed and run one stage. Bad input exits 2 with one message naming it."""
+    global _MAIN
     args = parser(kind, doc).parse_args(argv)
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and kind not in DATA_PARALLEL:
+        print(f"stages.{kind}: launched on {launched} processes (WORLD_SIZE), but this stage runs on one; "
+              f"data-parallel stages: {', '.join(DATA_PARALLEL)}", file=sys.stderr)
+        return 2
+    world = World()
     try:
         params = load_params(args.params)
         record_to = os.environ.get("GUIDE_RECORD_PARAMS")  # the contract test: which keys does the stage read
         with recording(params) if record_to else contextlib.nullcontext(set()) as keys:
-            ctx = Context(kind, params, args.task, args.round)
             if not 0 <= args.task < params.data.num_tasks:
                 raise ParamsError(f"--task {args.task}: outside 0..{params.data.num_tasks - 1} (data.num_tasks)")
+            world = World.from_environment("cuda" if Context(kind, params, 0, 0).device.type == "cuda" else "cpu")
+            _MAIN = world.main
+            ctx = Context(kind, params, args.task, args.round, world)
             if params.run.threads:
                 torch.set_num_threads(params.run.threads)
-            torch.manual_seed(zlib.crc32(f"{params.run.seed}/{kind}/{args.task}/{args.round}".encode()))
-            with tracking(ctx):
+            # rank 0 keeps the one-process seed; each other rank derives its own (dropout, augmentation)
+            rank = f"/rank{world.rank}" if world.rank else ""
+            torch.manual_seed(zlib.crc32(f"{params.run.seed}/{kind}/{args.task}/{args.round}{rank}".encode()))
+            with tracking(ctx) if world.main else contextlib.nullcontext():
                 body(ctx)
-        if record_to:
+        if record_to and world.main:
             atomic_write_text(Path(record_to), json.dumps(sorted(keys), indent=1) + "\n")
     except (ParamsError, DatasetNotFoundError, CorruptArtifactError) as err:
         print(f"stages.{kind}: {err}", file=sys.stderr)
         return 2
+    finally:
+        world.close()
     return 0
