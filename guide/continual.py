@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from guide.diffusion import EMA, NoiseSchedule, epsilon_loss
 from guide.distributed import World
-from guide.samplers import Callback, sample
+from guide.samplers import Callback, sample, skip
 
 
 @dataclass(frozen=True)
@@ -88,25 +88,35 @@ def train_diffusion(model: nn.Module, ema: EMA, schedule: NoiseSchedule, x: Tens
 def generate(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, *, batch_size: int,
              sampler: str = "ddim", eta: float = 0.0, clip: bool = True, generator: torch.Generator,
              guidance_for: Callable[[Tensor], object] | None = None,
-             callback: Callback | None = None) -> tuple[Tensor, Tensor]:
+             callback: Callback | None = None, world: World = World()) -> tuple[Tensor, Tensor]:
     """Sample one image per label from the class-conditional model, in batches.
 
     `guidance_for(labels_of_batch)` builds the guidance of one batch (or returns None). `clip`: clip
     x̂₀ to [−1, 1] at every step (before the guiding classifier sees it), as the reference does.
     Returns the images and, per image, the class the guidance aimed at (−1 when unguided).
+
+    Over several ranks, batch i is sampled by rank i mod N; the others only advance the generators
+    past it, and the images are gathered, so every rank returns what one process would.
     """
     model.eval()
-    images, targets = [], []
+    done: dict[int, tuple[Tensor, Tensor]] = {}
     shape = (model.in_channels, model.image_size, model.image_size)
-    for start in range(0, len(labels), batch_size):
+    for i, start in enumerate(range(0, len(labels), batch_size)):
         yb = labels[start : start + batch_size]
         noise = torch.randn((len(yb), *shape), generator=generator)
         guidance = guidance_for(yb) if guidance_for is not None else None
-        images.append(sample(model, schedule, noise, yb, sampler=sampler, eta=eta, guidance=guidance, clip=clip,
-                             generator=generator, callback=callback).clamp(-1, 1))
+        if not world.owns(i):
+            skip(schedule, noise.shape, generator, sampler=sampler, eta=eta)
+            continue
+        images = sample(model, schedule, noise, yb, sampler=sampler, eta=eta, guidance=guidance, clip=clip,
+                        generator=generator, callback=callback).clamp(-1, 1)
         last = getattr(guidance, "last_target", None)
-        targets.append(last if last is not None else torch.full_like(yb, -1))
-    return torch.cat(images), torch.cat(targets)
+        done[i] = images, (last if last is not None else torch.full_like(yb, -1))
+    if world.size > 1:
+        device = labels.device
+        done = {i: (x.to(device), t.to(device))
+                for i, (x, t) in world.gather({i: (x.cpu(), t.cpu()) for i, (x, t) in done.items()}).items()}
+    return torch.cat([done[i][0] for i in sorted(done)]), torch.cat([done[i][1] for i in sorted(done)])
 
 
 # --- classifier --------------------------------------------------------------------------------
@@ -130,12 +140,20 @@ def train_classifier(classifier: nn.Module, optimizer: torch.optim.Optimizer, re
                      real_y: Tensor, *, steps: range, total_steps: int, batch_size: int, lr: float,
                      num_seen: int, task: int, replay: ReplaySource | None = None,
                      augment: Callable[[Tensor], Tensor] | None = None, generator: torch.Generator,
+                     world: World = World(),
                      callback: Callable[[int, float], None] | None = None) -> list[float]:
     """Train over the global steps `steps` of a task of `total_steps` (so a task can be cut into
     rounds). Each step mixes real task images with replay drawn from `replay(step)`; the loss is
-    cross-entropy over the logits of the `num_seen` classes seen so far."""
+    cross-entropy over the logits of the `num_seen` classes seen so far. Returns the per-step losses
+    (of the global batch).
+
+    Data parallel over `world`'s ranks: each draws the same global batch and trains on its share
+    (augmented with its own randomness); BN uses the global batch's statistics, DDP averages the
+    gradients."""
     n_real, n_replay = mixed_batch_sizes(batch_size, task, replay is not None)
+    part = world.part(n_real + n_replay)
     classifier.train()
+    net = world.wrap(classifier)
     losses = []
     for step in steps:
         for group in optimizer.param_groups:
@@ -146,13 +164,14 @@ def train_classifier(classifier: nn.Module, optimizer: torch.optim.Optimizer, re
             bank_x, bank_y = replay(step)
             ridx = _draw(len(bank_x), n_replay, generator)
             xb, yb = torch.cat([xb, bank_x[ridx]]), torch.cat([yb, bank_y[ridx]])
+        xb, yb = xb[part], yb[part]
         if augment is not None:
             xb = augment(xb)
-        loss = F.cross_entropy(classifier(xb)[:, :num_seen], yb)
+        loss = F.cross_entropy(net(xb)[:, :num_seen], yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
+        losses.append(world.mean(loss.detach()).item())
         if callback is not None:
             callback(step + 1, losses[-1])
     return losses

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from guide.continual import Method, generate, mixed_batch_sizes, spread_labels
 from guide.diffusion import NoiseSchedule
+from guide.distributed import World
 from guide.guidance import draw_scales, make_guidance
 from guide.mechanism import ReplayProbe
 
@@ -90,8 +91,9 @@ class GuidedReplay:
 
     def __init__(self, method: Method, unet: nn.Module, schedule: NoiseSchedule, *, old: range, current: range,
                  num_seen: int, bounds: tuple[float, float], sampler: str, eta: float, clip: bool,
-                 batch_size: int, probe: ReplayProbe, previous: nn.Module | None = None):
+                 batch_size: int, probe: ReplayProbe, previous: nn.Module | None = None, world: World = World()):
         self.method, self.unet, self.schedule, self.probe, self.previous = method, unet, schedule, probe, previous
+        self.world = world  # draws split their batches over the ranks (every rank gets every image)
         self.old, self.current, self.num_seen, self.bounds = old, current, num_seen, bounds
         self.sampling = dict(sampler=sampler, eta=eta, clip=clip)
         self.batch_size = batch_size
@@ -116,11 +118,11 @@ class GuidedReplay:
         twin = torch.Generator().set_state(noise.get_state())
         images, targets = generate(self.unet, self.schedule, labels.to(device), batch_size=self.batch_size,
                                    generator=noise, guidance_for=self.guidance(current, scales), callback=callback,
-                                   **self.sampling)
+                                   world=self.world, **self.sampling)
         plain = images
         if bool((targets >= 0).any()):  # guided: draw the unguided twin from the same noise
             plain, _ = generate(self.unet, self.schedule, labels.to(device), batch_size=self.batch_size,
-                                generator=twin, **self.sampling)
+                                generator=twin, world=self.world, **self.sampling)
         self.probe.add(images, plain, labels.to(device), current)
         return images.cpu(), labels, targets.cpu()
 

@@ -89,6 +89,16 @@ def ddpm_sample(model, schedule: NoiseSchedule, noise: Tensor, y: Tensor | None,
     return x
 
 
+def skip(schedule: NoiseSchedule, shape: tuple[int, ...], generator: torch.Generator | None, *,
+         sampler: str = "ddim", eta: float = 0.0) -> None:
+    """Advance `generator` past one `sample` call on noise of `shape` without sampling: the draws
+    the sampler makes between steps (DDPM always, DDIM when η > 0). A rank that leaves a batch to
+    another rank calls this so its next batch starts from the generator state one process has there."""
+    if sampler == "ddpm" or (sampler == "ddim" and eta > 0):
+        for _ in range(schedule.num_steps - 1):
+            torch.randn(shape, generator=generator, device="cpu")
+
+
 def sample(model, schedule: NoiseSchedule, noise: Tensor, y: Tensor | None, *, sampler: str = "ddim",
            **kwargs) -> Tensor:
     """Dispatch on the sampler's name: "ddim" or "ddpm" (respace the schedule first for fewer steps)."""

@@ -254,4 +254,6 @@ class Params(Group):
 
 STRUCTURAL_KEYS = ("data.num_tasks", "run.method", "replay.rounds", "guidance.mode", "diffusion.train_last_task",
                    "run.devices")
-DATA_PARALLEL = ("diffusion",)  # the stage kinds that train data parallel; run.devices > 1 launches them with torchrun
+# the stage kinds that run data parallel (training: split batches; sampling: split images);
+# run.devices > 1 launches them with torchrun
+DATA_PARALLEL = ("diffusion", "rehearsal", "replay", "classifier")

@@ -133,12 +133,15 @@ def clear_outputs(root: str, outputs: list[str]) -> None:
             path.unlink(missing_ok=True)
 
 
-def thread_env(workers: int, cores: int | None = None) -> dict[str, str]:
+def thread_env(workers: int, cores: int | None = None, processes: int = 1) -> dict[str, str]:
     """Each of `workers` side-by-side stages gets its share of the cores: two torch processes with a
     thread per core each thrash (measured on 2 cores: a diffusion step 0.17 s alone, ~1 s beside
-    another). `run.threads`, when set, still wins inside the stage. An OMP_NUM_THREADS the user set
-    is kept. Always explicit: a Dask worker's own environment says 1 thread (Dask's default)."""
-    share = os.environ.get("OMP_NUM_THREADS") or str(max(1, (cores or os.cpu_count() or 1) // max(1, workers)))
+    another). A data-parallel stage's `processes` ranks split their stage's share. `run.threads`,
+    when set, still wins inside the stage. An OMP_NUM_THREADS the user set is kept (per process, as
+    torchrun reads it). Always explicit: a Dask worker's own environment says 1 thread (Dask's
+    default)."""
+    per_stage = max(1, (cores or os.cpu_count() or 1) // max(1, workers))
+    share = os.environ.get("OMP_NUM_THREADS") or str(max(1, per_stage // max(1, processes)))
     return {"OMP_NUM_THREADS": share, "MKL_NUM_THREADS": share}
 
 
@@ -263,10 +266,10 @@ def guide_pipeline(root: str = ".", params_path: str = "params.yaml", workers: i
                                   "lock": (Path(root) / exchange.LOCK).read_text()
                                   if (Path(root) / exchange.LOCK).exists() else "",
                                   "files": exchange.read_files(root, [o for u in upstream for o in uncached(u.outputs)])}
-                    with resources(st.kind, stage_gpus):
+                    with resources(st.kind, stage_gpus, st.processes):
                         running[st.name] = run_stage.with_options(
                             task_run_name=st.name, tags=stage_tags(st, p.run.method)).submit(
-                            st.name, st.cmd, root, list(st.outputs), thread_env(workers), changed, remote)
+                            st.name, st.cmd, root, list(st.outputs), thread_env(workers, processes=st.processes), changed, remote)
                 else:
                     continue
                 waiting.remove(st)
@@ -312,15 +315,16 @@ EXCHANGES = ("shared", "remote")
 GPU_KINDS = ("rehearsal", "diffusion", "replay", "classifier", "oracle")  # the stages that train or sample
 
 
-def resources(kind: str, gpus: float):
-    """Ray's per-task resources for a stage, as a context for its submission: `gpus` GPUs for the
-    stages that train or sample, none for the rest. A no-op for gpus=0, which the other runners
-    always have (a Ray task asking for a GPU the cluster lacks would wait forever)."""
+def resources(kind: str, gpus: float, processes: int = 1):
+    """Ray's per-task resources for a stage, as a context for its submission: `gpus` GPUs per
+    process (a data-parallel stage has `processes` ranks) for the stages that train or sample, none
+    for the rest. A no-op for gpus=0, which the other runners always have (a Ray task asking for a
+    GPU the cluster lacks would wait forever)."""
     if not gpus or kind not in GPU_KINDS:
         return contextlib.nullcontext()
     from prefect_ray.context import remote_options
 
-    return remote_options(num_gpus=gpus)
+    return remote_options(num_gpus=gpus * processes)
 
 
 def task_runner(kind: str, workers: int, address: str | None = None):

@@ -6,6 +6,8 @@ inside this stage every `classifier.interval` steps, guided by the classifier as
 reference's loop — and everything generated is written to a shard as well.
 
     python -m stages.classifier --task 1 --round 0
+    torchrun --nproc-per-node 4 -m stages.classifier --task 1   # data parallel: classifier.batch_size
+                                                                # split over 4 ranks, rank 0 writes
 """
 from __future__ import annotations
 
@@ -74,6 +76,8 @@ def online_source(ctx: Context, classifier: torch.nn.Module):
         return bank["x"], bank["y"]
 
     def save() -> None:
+        if not ctx.world.main:
+            return
         replay_io.write_mechanism(ctx, replay, None)
         save_shard(paths.replay(ctx.task, None), torch.cat(record["images"]), torch.cat(record["labels"]),
                    replay_io.manifest(ctx, replay, None,
@@ -92,6 +96,7 @@ def run(ctx: Context) -> None:
     total = p.steps_first if t == 0 else p.steps_later
     lr = p.lr_first if t == 0 else p.lr_later
     per_round = total // rounds
+    ctx.split(p.batch_size, "classifier.batch_size")
     model = ctx.new_classifier()
     optimizer = make_optimizer(model, lr, p.momentum, p.weight_decay)
     if r > 0:
@@ -120,10 +125,12 @@ def run(ctx: Context) -> None:
                               steps=range(r * per_round, (r + 1) * per_round), total_steps=total,
                               batch_size=p.batch_size, lr=lr, num_seen=seen.stop, task=t, replay=source,
                               augment=make_augmentation(p.augmentation, ctx.data.channels, ctx.data.image_size),
-                              generator=ctx.generator("batches"), callback=step_done)
+                              generator=ctx.generator("batches"), world=ctx.world, callback=step_done)
     bar.close()
     if finish is not None:
         finish()
+    if not ctx.world.main:  # one writer: the ranks hold the same weights
+        return
     save_checkpoint(paths.classifier(t, r), {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                                "task": t, "round": r, "losses": torch.tensor(losses)})
 

@@ -32,6 +32,14 @@ UNET = ("diffusion.unet", "diffusion.schedule", "diffusion.num_timesteps")  # Co
 _MAIN = True  # False on the ranks > 0 of a data-parallel stage: no progress bars there
 
 
+def device_type(params: Params) -> str:
+    """The device kind `run.device` asks for ("auto": CUDA when present)."""
+    want = params.run.device
+    if want == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return want
+
+
 @dataclass
 class Context:
     """One stage invocation: its params, which task and round it is for, and derived facts."""
@@ -44,9 +52,7 @@ class Context:
 
     @functools.cached_property
     def device(self) -> torch.device:
-        want = self.params.run.device
-        if want == "auto":
-            want = "cuda" if torch.cuda.is_available() else "cpu"
+        want = device_type(self.params)
         if want == "cuda" and self.world.size > 1:
             return torch.device("cuda", self.world.local_rank)
         return torch.device(want)
@@ -78,6 +84,12 @@ class Context:
         else:
             ds = load_dataset(d.dataset, d.root, d.image_size)
         return relabel(ds, [c for classes in self.class_order_by_task for c in classes])
+
+    def split(self, batch: int, field: str) -> None:
+        """Refuse a global batch (params key `field`) that the data-parallel ranks cannot share evenly."""
+        if batch % self.world.size:
+            raise ParamsError(f"{field}: a global batch of {batch} does not split evenly over "
+                              f"{self.world.size} data-parallel processes")
 
     def seen(self, task: int | None = None) -> int:
         """Number of classes seen up to and including task t."""
@@ -121,9 +133,10 @@ def progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, file=sys.stderr, mininterval=2.0, dynamic_ncols=True, disable=not _MAIN)
 
 
-def sampling_bar(n_images: int, batch_size: int, steps: int, desc: str):
-    """A bar over every denoising step of every batch, and the sampler callback that advances it."""
-    bar = progress(-(-n_images // batch_size) * steps, desc)
+def sampling_bar(n_images: int, batch_size: int, steps: int, desc: str, world: World = World()):
+    """A bar over every denoising step of every batch this rank samples, and the sampler callback
+    that advances it."""
+    bar = progress(len(range(world.rank, -(-n_images // batch_size), world.size)) * steps, desc)
     return bar, lambda done, total: bar.update(1)
 
 
@@ -153,7 +166,7 @@ def run_stage(kind: str, body: Callable[[Context], None], argv: list[str] | None
         with recording(params) if record_to else contextlib.nullcontext(set()) as keys:
             if not 0 <= args.task < params.data.num_tasks:
                 raise ParamsError(f"--task {args.task}: outside 0..{params.data.num_tasks - 1} (data.num_tasks)")
-            world = World.from_environment("cuda" if Context(kind, params, 0, 0).device.type == "cuda" else "cpu")
+            world = World.from_environment(device_type(params))
             _MAIN = world.main
             ctx = Context(kind, params, args.task, args.round, world)
             if params.run.threads:

@@ -17,7 +17,7 @@ from guide.diffusion import EMA
 from guide.io import load_checkpoint, load_shard, save_checkpoint
 from params import Params
 from stages import paths
-from stages.common import SEED, UNET, Context, ParamsError, log, progress, run_stage
+from stages.common import SEED, UNET, Context, log, progress, run_stage
 
 
 def reads(p: Params, task: int, round: int | None = None) -> tuple[str, ...]:
@@ -42,10 +42,7 @@ def run(ctx: Context) -> None:
     else:
         ema = EMA(model, p.ema_decay)
     steps = p.steps_first if t == 0 else p.steps_later
-    batch, world = min(p.batch_size, len(x)), ctx.world
-    if batch % world.size:
-        raise ParamsError(f"diffusion.batch_size: a global batch of {batch} does not split evenly over "
-                          f"{world.size} data-parallel processes")
+    ctx.split(min(p.batch_size, len(x)), "diffusion.batch_size")
     bar = progress(steps, f"diffusion@{t}")
 
     def step_done(step: int, loss: float) -> None:
@@ -56,9 +53,9 @@ def run(ctx: Context) -> None:
 
     losses = train_diffusion(model, ema, ctx.schedule(), x.to(ctx.device), y.to(ctx.device), steps=steps,
                              batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, hflip=p.hflip,
-                             generator=ctx.generator("train"), world=world, callback=step_done)
+                             generator=ctx.generator("train"), world=ctx.world, callback=step_done)
     bar.close()
-    if world.main:  # one writer: the ranks hold the same weights
+    if ctx.world.main:  # one writer: the ranks hold the same weights
         save_checkpoint(paths.diffusion(t), {"model": model.state_dict(), "ema": ema.state_dict(), "task": t,
                                                "losses": torch.tensor(losses)})
 

@@ -2,6 +2,7 @@
 task from diffusion(t−1)'s EMA weights, labels spread evenly over the old classes.
 
     python -m stages.rehearsal --task 1
+    torchrun --nproc-per-node 4 -m stages.rehearsal --task 1   # batches split over 4 ranks, rank 0 writes
 """
 from __future__ import annotations
 
@@ -27,10 +28,12 @@ def run(ctx: Context) -> None:
     labels = spread_labels(p.per_task * t, old)
     schedule = ctx.schedule().respace(p.respacing)
     model = ctx.load_unet(paths.diffusion(t - 1))
-    bar, tick = sampling_bar(len(labels), p.batch_size, schedule.num_steps, f"rehearsal@{t}")
+    bar, tick = sampling_bar(len(labels), p.batch_size, schedule.num_steps, f"rehearsal@{t}", ctx.world)
     images, _ = generate(model, schedule, labels.to(ctx.device), batch_size=p.batch_size, sampler=p.sampler,
-                         eta=p.eta, generator=ctx.generator("noise"), callback=tick)
+                         eta=p.eta, generator=ctx.generator("noise"), callback=tick, world=ctx.world)
     bar.close()
+    if not ctx.world.main:  # every rank holds the gathered images; rank 0 writes them
+        return
     save_shard(paths.rehearsal(t), images.cpu(), labels, {
         "kind": "rehearsal", "task": t, "sampler": p.sampler, "respacing": p.respacing, "eta": p.eta,
         "guidance": None, "sources": {paths.diffusion(t - 1): sha256_file(paths.diffusion(t - 1))},

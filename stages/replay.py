@@ -5,6 +5,7 @@ unguided from the same noise, and both are measured (guide.mechanism) into the s
 What steers the replay, its scales and its layout are guide.replay's; this stage reads and writes.
 
     python -m stages.replay --task 1 --round 0
+    torchrun --nproc-per-node 4 -m stages.replay --task 1 --round 0   # batches split over 4 ranks
 """
 from __future__ import annotations
 
@@ -35,9 +36,12 @@ def run(ctx: Context) -> None:
         replay_io.draw_grid(ctx, replay, current)
     layout = replay_io.layout(ctx)
     n = layout.chunks * layout.per_chunk
-    bar, tick = sampling_bar(n, ctx.params.replay.batch_size, replay.schedule.num_steps, f"replay@{t}.{r}")
+    bar, tick = sampling_bar(n, ctx.params.replay.batch_size, replay.schedule.num_steps, f"replay@{t}.{r}",
+                             ctx.world)
     images, labels, targets = replay.draw(n, current, ctx.generator("noise"), ctx.generator("scales"), tick)
     bar.close()
+    if not ctx.world.main:  # every rank holds the gathered shard; rank 0 writes it
+        return
     replay_io.write_mechanism(ctx, replay, r)
     steered_by = start_from if replay.method.guidance == "new" else None
     save_shard(paths.replay(t, r), images, labels,

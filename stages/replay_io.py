@@ -34,11 +34,14 @@ def open_replay(ctx: Context) -> GuidedReplay:
     return GuidedReplay(method, unet, ctx.schedule().respace(p.respacing), old=range(0, ctx.seen(t - 1)),
                         current=ctx.tasks[t], num_seen=ctx.seen(), bounds=ctx.params.guidance.bounds,
                         sampler=p.sampler, eta=p.eta, clip=ctx.params.guidance.clip_x0, batch_size=p.batch_size,
-                        probe=probe, previous=previous)
+                        probe=probe, previous=previous, world=ctx.world)
 
 
 def draw_grid(ctx: Context, replay: GuidedReplay, current) -> None:
-    """The replay grid of task t: unguided and guided replay from the same noise, side by side."""
+    """The replay grid of task t: unguided and guided replay from the same noise, side by side (drawn
+    by rank 0 alone: it uses generators of its own)."""
+    if not ctx.world.main:
+        return
     labels, plain, steered, targets = replay.grid(ctx.params.evaluate.grid_images, current,
                                                   ctx.generator("grid").initial_seed())
     plots.replay_grid(paths.replay_grid(ctx.task), plain, steered, labels, targets, ctx.data.class_names,

@@ -122,3 +122,18 @@ def test_epsilon_loss_is_zero_for_a_perfect_noise_predictor():
     torch.randint(0, 50, (4,), generator=g2)
     true_noise = torch.randn(x0.shape, generator=g2)
     assert epsilon_loss(lambda x, t, y: true_noise, s, x0, None, g1).item() == 0.0
+
+
+@pytest.mark.parametrize("sampler, eta", [("ddim", 0.0), ("ddim", 0.5), ("ddpm", 0.0)])
+def test_skipping_a_batch_leaves_the_generator_where_sampling_it_does(sampler, eta):
+    """A rank that leaves a batch to another rank must start its next batch from the same generator
+    state as one process that sampled it (guide.continual.generate over several ranks)."""
+    from guide.samplers import sample, skip
+
+    schedule = NoiseSchedule.make("linear", 50).respace("ddim5")
+    zeros = lambda x, t, y: torch.zeros_like(x)  # noqa: E731  (a model that predicts no noise)
+    sampled, skipped = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    sample(zeros, schedule, torch.randn(2, 1, 4, 4), None, sampler=sampler, eta=eta, generator=sampled)
+    skip(schedule, (2, 1, 4, 4), skipped, sampler=sampler, eta=eta)
+    assert torch.equal(sampled.get_state(), skipped.get_state())
+    assert torch.equal(torch.randn(3, generator=sampled), torch.randn(3, generator=skipped))

@@ -31,6 +31,8 @@ def test_stage_gpus_reserve_a_gpu_on_ray_for_the_stages_that_train_or_sample_onl
             assert options == ({"num_gpus": 0.5} if kind in GPU_KINDS else {}), kind
     with resources("diffusion", 0.0):
         assert RemoteOptionsContext.get().current_remote_options == {}
+    with resources("classifier", 1.0, processes=4):  # run.devices: 4 → a data-parallel stage of 4 ranks
+        assert RemoteOptionsContext.get().current_remote_options == {"num_gpus": 4.0}
 
 
 def test_uncached_outputs_travel_whole_with_the_task(tmp_path):

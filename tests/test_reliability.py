@@ -81,6 +81,9 @@ def test_side_by_side_stages_split_the_cores(monkeypatch):
     assert thread_env(2, cores=2) == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     assert thread_env(1, cores=16)["OMP_NUM_THREADS"] == "16" and thread_env(3, cores=16)["OMP_NUM_THREADS"] == "5"
     assert thread_env(4, cores=2)["OMP_NUM_THREADS"] == "1"
+    # a data-parallel stage's ranks share its cores: 16 cores, 2 stages, 4 ranks each → 2 threads a rank
+    assert thread_env(2, cores=16, processes=4)["OMP_NUM_THREADS"] == "2"
+    assert thread_env(1, cores=2, processes=4)["OMP_NUM_THREADS"] == "1"
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     # the user's own setting is kept, and passed on explicitly (a Dask worker's environment says 1)
     assert thread_env(2, cores=2) == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"}
