@@ -81,6 +81,10 @@ def test_side_by_side_stages_split_the_cores(monkeypatch):
     assert thread_env(2, cores=2) == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     assert thread_env(1, cores=16)["OMP_NUM_THREADS"] == "16" and thread_env(3, cores=16)["OMP_NUM_THREADS"] == "5"
     assert thread_env(4, cores=2)["OMP_NUM_THREADS"] == "1"
+    # without --workers: one stage at a time below 4 cores (measured faster on 2), else 2
+    from pipeline.flow import default_workers
+
+    assert default_workers(2) == 1 and default_workers(3) == 1 and default_workers(4) == 2 and default_workers(16) == 2
     # a data-parallel stage's ranks share its cores: 16 cores, 2 stages, 4 ranks each → 2 threads a rank
     assert thread_env(2, cores=16, processes=4)["OMP_NUM_THREADS"] == "2"
     assert thread_env(1, cores=2, processes=4)["OMP_NUM_THREADS"] == "1"
