@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from pipeline.stats import paired_ci
 
-from pipeline.stats import paired_ci  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 METRICS = {  # name in the table: (runs.csv column, path in summary.json)
     "final average accuracy": ("final_average_accuracy", ("final_average_accuracy",)),

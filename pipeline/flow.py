@@ -137,7 +137,7 @@ def clear_outputs(root: str, outputs: list[str]) -> None:
 def default_workers(cores: int | None = None) -> int:
     """Stages side by side when --workers is not given: 1 on a machine of fewer than 4 cores, else 2.
     Measured on 2 cores (the default run, cold): 1 worker with both cores 16 min 48 s, 2 workers with
-    one core each 20 min 46 s (`dvc repro`: 17 min 26 s) — the diffusion chain is the critical path and
+    one core each 20 min 46 s (`dvc repro`: 17 min 25 s) — the diffusion chain is the critical path and
     wants every core; splitting 2 cores between branches slows it more than overlapping gains."""
     return 1 if (cores or os.cpu_count() or 1) < 4 else 2
 

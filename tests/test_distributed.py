@@ -4,12 +4,11 @@ against 1 process."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-
-import shutil
 
 import pytest
 import torch
