@@ -1,0 +1,137 @@
+"""How close the hot loops run to what this CPU can do: arithmetic counted by torch's FlopCounterMode,
+divided by measured time, against the machine's own ceiling (a large matrix product and a large 3x3
+convolution, same threads). If a step already runs near the ceiling, no rewrite with the same
+arithmetic can make it much faster — only less arithmetic or cheaper number formats can.
+
+    python benchmarks/bench_efficiency.py                     # 2 threads, fp32 and bf16 ceilings
+    python benchmarks/bench_efficiency.py --json results/bench/efficiency.json
+
+Measured: the default run's diffusion training step (params.yaml's UNet, batch 64, 16x16), its
+guided DDIM step (replay batch 100, guided by the small CNN), and configuration A's training step
+(DESIGN.md: the 32x32 CIFAR-sized UNet, batch 32) — the loops the run spends its time in.
+Run it on an idle machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import date
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from guide.diffusion import NoiseSchedule, epsilon_loss
+from guide.guidance import ClassGuidance
+from guide.models import UNet, build_classifier
+from guide.samplers import predict
+
+
+def timed(fn, repeats: int, warmup: int = 3) -> float:
+    """Median seconds of `fn()` over `repeats` calls after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def measure(name: str, fn, repeats: int, count=None) -> dict:
+    n = flops(count or fn)
+    s = timed(fn, repeats)
+    return {"what": name, "gflop": n / 1e9, "s": s, "gflop_per_s": n / 1e9 / s}
+
+
+def ceilings(repeats: int) -> list[dict]:
+    out = []
+    for dtype in (torch.float32, torch.bfloat16):
+        a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
+        out.append(measure(f"matmul 2048^3, {str(dtype)[6:]}", lambda: a @ b, repeats))
+        x = torch.randn(64, 128, 32, 32, dtype=dtype)
+        w = torch.randn(128, 128, 3, 3, dtype=dtype)
+        out.append(measure(f"conv3x3 64x128x32x32 -> 128, {str(dtype)[6:]}",
+                           lambda: F.conv2d(x, w, padding=1), repeats))
+    return out
+
+
+def default_unet(**kw) -> UNet:
+    # params.yaml's diffusion.unet (mnist5k): 16x16x1, 32 channels, multipliers 1,2,2, one block, no attention
+    return UNet(image_size=16, in_channels=1, model_channels=32, out_channels=1, num_res_blocks=1,
+                attention_resolutions=(), channel_mult=(1, 2, 2), num_classes=10, dropout=0.1,
+                use_scale_shift_norm=True, **kw)
+
+
+def train_step(model: UNet, batch: int, channels: int, size: int):
+    schedule = NoiseSchedule.make("linear", 1000)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x, y = torch.randn(batch, channels, size, size), torch.randint(0, 10, (batch,))
+    model.train()
+
+    def step():
+        loss = epsilon_loss(model, schedule, x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step
+
+
+def guided_step(model: UNet):
+    # one DDIM step of the default run's replay: 100 images, guided at 0.1 by the small CNN
+    schedule = NoiseSchedule.make("linear", 1000).respace("ddim10")
+    model.eval().requires_grad_(False)
+    cls = build_classifier("small_cnn", 10, 1, 16).eval().requires_grad_(False)
+    x, y = torch.randn(100, 1, 16, 16), torch.randint(0, 8, (100,))
+    t = torch.full((100,), 5, dtype=torch.long)
+    guidance = ClassGuidance(cls, "new", torch.full((100,), 0.1), num_seen=10, current=range(8, 10))
+
+    def count():  # the same arithmetic; FlopCounterMode cannot follow torch.autograd.grad
+        xg = x.clone().requires_grad_(True)
+        eps = model(xg, schedule.model_timesteps(t), y)
+        guidance(schedule.predict_x0(xg, t, eps).clamp(-1, 1), y).sum().backward()
+    return lambda: predict(model, schedule, x, t, y, guidance), count
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--json", help="also write the figures here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    rows = ceilings(max(5, args.repeats // 3))
+    rows.append(measure("default run: diffusion training step (batch 64, fp32)",
+                        train_step(default_unet(), 64, 1, 16), args.repeats))
+    rows.append(measure("default run: diffusion training step (batch 64, bf16 autocast)",
+                        train_step(default_unet(precision="bf16"), 64, 1, 16), args.repeats))
+    step, count = guided_step(default_unet())
+    rows.append(measure("default run: guided DDIM step (100 images, fp32)", step, args.repeats, count))
+    config_a = UNet(image_size=32, in_channels=3, model_channels=64, out_channels=3, num_res_blocks=2,
+                    attention_resolutions=(16,), channel_mult=(1, 2, 2), num_classes=10, dropout=0.1)
+    rows.append(measure("configuration A: diffusion training step (batch 32, fp32)",
+                        train_step(config_a, 32, 3, 32), max(5, args.repeats // 3)))
+    fp32_ceiling = max(r["gflop_per_s"] for r in rows[:4] if "float32" in r["what"])
+    for r in rows:
+        r["of_fp32_ceiling"] = r["gflop_per_s"] / fp32_ceiling
+        print(f"{r['what']:<66} {r['gflop']:8.2f} GFLOP {r['s'] * 1e3:9.1f} ms "
+              f"{r['gflop_per_s']:7.1f} GFLOP/s  {r['of_fp32_ceiling']:5.2f} of the fp32 ceiling")
+    if args.json:
+        meta = {"date": date.today().isoformat(), "machine": platform.machine(), "processor": platform.processor(),
+                "threads": args.threads, "torch": torch.__version__}
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
