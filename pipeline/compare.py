@@ -7,6 +7,11 @@ checked, in `runs.json`.
     python -m pipeline.compare                                   # mnist5k, 5 methods, seeds 0 … 4
     python -m pipeline.compare --preset fashion_mnist5 --out results/compare/fashion_mnist5
     python -m pipeline.compare --preset smoke --seeds 0 1 --methods guide gr --out results/smoke
+    python -m pipeline.compare --preset fashion_mnist5 --methods joint finetune \
+        --include results/compare/fashion_mnist5/runs.json --out results/compare/fashion_mnist5-all
+
+`--include` adds the runs of earlier comparisons (their runs.json, same preset) to the table without
+running them again, so methods can be added to a comparison one command at a time.
 
 guide, gr and ddgr of one seed share the diffusion model, so the table leads with each method's
 per-seed difference to `gr` (the same replay, unguided): its mean with a 95% Student-t interval over
@@ -113,6 +118,28 @@ def check_sharing(runs: list[dict]) -> list[str]:
     return problems
 
 
+def load_included(paths: list[str], preset_name: str) -> list[dict]:
+    """The runs recorded in earlier comparisons' runs.json files, all of preset `preset_name`.
+    ValueError naming the file when one is missing, unreadable, of another preset, or when the same
+    (method, seed) appears twice."""
+    runs, seen = [], {}
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+            preset_of, included = data["preset"], data["runs"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"--include {path}: not a comparison's runs.json ({type(e).__name__}: {e})") from None
+        if preset_of != preset_name:
+            raise ValueError(f"--include {path}: runs of preset {preset_of!r}, not {preset_name!r}")
+        for r in included:
+            key = (r["method"], r["seed"])
+            if key in seen:
+                raise ValueError(f"--include {path}: {r['method']} seed {r['seed']} is already in {seen[key]}")
+            seen[key] = path
+            runs.append(r)
+    return runs
+
+
 def markdown(frame: pd.DataFrame) -> str:
     head = "| " + " | ".join([frame.index.name or "", *frame.columns]) + " |"
     rule = "|" + "---|" * (len(frame.columns) + 1)
@@ -195,11 +222,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="results/compare")
     ap.add_argument("--cache-dir", default=str(ROOT / ".dvc" / "cache"),
                     help="DVC cache (and run cache) the scratch repository uses; default: the project's")
+    ap.add_argument("--include", nargs="+", default=[], metavar="RUNS_JSON",
+                    help="earlier comparisons' runs.json (same preset): their runs join the table, not rerun")
     args = ap.parse_args(argv)
+    methods = method_order(args.methods)
+    try:
+        runs = load_included(args.include, args.preset)
+    except ValueError as e:
+        ap.error(str(e))
+    clash = sorted({(r["method"], r["seed"]) for r in runs} & {(m, s) for m in methods for s in args.seeds})
+    if clash:
+        ap.error("--include already holds " + ", ".join(f"{m} seed {s}" for m, s in clash)
+                 + ": leave them out of --methods/--seeds, or out of --include")
     workdir, out = Path(args.workdir).resolve(), Path(args.out)
     scratch_repo(workdir, Path(args.cache_dir).resolve())
-    methods = method_order(args.methods)
-    runs = []
     for seed in args.seeds:
         for method in methods:
             r = reproduce(workdir, args.preset, method, seed)
@@ -211,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     problems = check_sharing(runs)
     table = summarize(runs)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "runs.json", {"preset": args.preset, "runs": runs, "sharing_problems": problems})
+    atomic_write_json(out / "runs.json", {"preset": args.preset, "runs": runs, "sharing_problems": problems,
+                                          "included": args.include})
     for name, frame in (("runs.csv", pd.DataFrame(runs).drop(columns=["ran", "restored", "accuracy_matrix"])),
                         ("paired.csv", paired_rows(runs)), ("summary.csv", table)):
         with atomic_path(out / name) as tmp:

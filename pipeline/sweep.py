@@ -6,6 +6,8 @@ guidance help, and at which scale?".
     dvc queue start -j 1                               # ... run the queue yourself, then:
     python -m pipeline.sweep gather --out results/sweep/mine
     python -m pipeline.sweep run --preset mnist5k --out results/sweep/mnist5k   # what `make sweep` runs
+    python -m pipeline.sweep gather --root sweep-work/mnist5k --include results/sweep/mnist5k/runs.json \
+        --out results/sweep/mnist5k-more   # add new seeds or points to an earlier table
 
 With --preset, the sweep runs in a scratch repository (--workdir, default sweep-work/PRESET) that
 holds the project's tracked files and the preset's params.yaml, committed, and shares the project's
@@ -283,24 +285,74 @@ def plots(table: pd.DataFrame, out: Path, title: str) -> None:
     plt.close(fig)
 
 
-def gather(root: Path, out: Path, rev: str, params_path: str = "params.yaml", title: str | None = None) -> int:
+def fixed_params(base_flat: dict) -> dict:
+    """What every point of a sweep shares: the params with the swept keys left out."""
+    return {k: v for k, v in base_flat.items() if k not in SWEPT}
+
+
+def load_included(paths: list[str], fixed: dict, title: str) -> list[dict]:
+    """The runs of earlier gathers (their runs.json), which must be sweeps of the same params apart
+    from the swept keys (older files, without those params recorded, must carry the same title).
+    ValueError naming the file otherwise, or when a point and seed appears twice."""
+    rows, seen = [], {}
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+            included = data["runs"]
+            keys = [(r["point"], int(r["seed"])) for r in included]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"--include {path}: not a sweep's runs.json ({type(e).__name__}: {e})") from None
+        if "fixed_params" in data:
+            differ = sorted(k for k in set(fixed) | set(data["fixed_params"]) if fixed.get(k) != data["fixed_params"].get(k))
+            if differ:
+                raise ValueError(f"--include {path}: a sweep of other params ({', '.join(differ[:5])})")
+        elif data.get("title") != title:
+            raise ValueError(f"--include {path}: a sweep of {data.get('title')!r}, not {title!r}")
+        for key, r in zip(keys, included):
+            if key in seen:
+                raise ValueError(f"--include {path}: point {key[0]} seed {key[1]} is already in {seen[key]}")
+            seen[key] = path
+            rows.append(r)
+    return rows
+
+
+def merge_rows(gathered: list[dict], included: list[dict]) -> list[dict]:
+    """Gathered and included runs in one table's order; ValueError if a point and seed is in both."""
+    clash = sorted({(r["point"], int(r["seed"])) for r in gathered} & {(r["point"], int(r["seed"])) for r in included})
+    if clash:
+        raise ValueError("--include already holds " + ", ".join(f"point {p} seed {s}" for p, s in clash)
+                         + ", gathered here too: leave that file out")
+    return sorted(gathered + included, key=lambda r: (r["mean_scale"], r["scale_max"] is not None, r["seed"]))
+
+
+def gather(root: Path, out: Path, rev: str, params_path: str = "params.yaml", title: str | None = None,
+           include: list[str] = ()) -> int:
     base = load_params(root / params_path)
     base_flat = flatten(base.model_dump(mode="json"))
+    title = title or f"{base.data.dataset}/{base.data.num_tasks}, guide"
+    try:
+        included = load_included(list(include), fixed_params(base_flat), title)
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
     exps = select(experiments(root, rev), base_flat)
-    if not any(float(e["params"]["guidance.scale"]) == 0 and e["params"].get("guidance.scale_max") in (None, 0, 0.0)
-               for e in exps):
-        print(f"no experiment at guidance.scale=0 (the unguided baseline) among the {len(exps)} found: "
-              f"queue it with `python -m pipeline.sweep queue --scales 0 …`", file=sys.stderr)
-        return 1
     status = {r["name"]: r["status"] for r in queue_status(root) if r["name"]}
     logs = {e["name"]: stage_log(root, e["name"]) if e["name"] in status else None for e in exps}
-    rows = run_rows(exps, logs)
+    try:
+        rows = merge_rows(run_rows(exps, logs), included)
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
+    if not any(r["scale"] == 0 and r["scale_max"] is None for r in rows):
+        print(f"no experiment at guidance.scale=0 (the unguided baseline) among the {len(rows)} found: "
+              f"queue it with `python -m pipeline.sweep queue --scales 0 …`", file=sys.stderr)
+        return 1
     problems = sharing_problems(rows)
     table = aggregate(rows)
     out.mkdir(parents=True, exist_ok=True)
-    title = title or f"{base.data.dataset}/{base.data.num_tasks}, guide"
     atomic_write_json(out / "runs.json", {"title": title, "rev": rev, "runs": rows, "sharing_problems": problems,
-                                          "logs_found": sum(v is not None for v in logs.values())})
+                                          "logs_found": sum(v is not None for v in logs.values()),
+                                          "fixed_params": fixed_params(base_flat), "included": list(include)})
     for name, frame in (("runs.csv", pd.DataFrame(rows).drop(columns=["ran", "restored"])), ("sweep.csv", table)):
         with atomic_path(out / name) as tmp:
             frame.to_csv(tmp, index=False, float_format="%.6g")
@@ -355,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rev", default="HEAD", help="gather the experiments of this baseline commit")
     ap.add_argument("--out", default="results/sweep", help="where gather writes its table and plots")
     ap.add_argument("--title", help="plot title (default: dataset/tasks, guide)")
+    ap.add_argument("--include", nargs="+", default=[], metavar="RUNS_JSON",
+                    help="earlier gathers' runs.json (a sweep of the same params): their runs join the table")
     args = ap.parse_args(argv)
     root = Path(args.root).resolve()
     if args.preset:
@@ -382,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
                   + ", ".join(r["name"] or r["task"] for r in failed), file=sys.stderr)
             return 1
     if args.action in ("run", "gather"):
-        return gather(root, Path(args.out), args.rev, title=args.title)
+        return gather(root, Path(args.out), args.rev, title=args.title, include=args.include)
     return 0
 
 

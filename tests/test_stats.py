@@ -43,3 +43,46 @@ def test_pairing_removes_the_variance_shared_by_a_seed():
     md = report_markdown(summarize(runs))
     first_row = md.split("\n| guide |")[1].split("\n")[0]
     assert first_row.strip().startswith("+0.020 [+0.020, +0.020] * (5/5)")
+
+
+def _runs_json(path, preset, runs):
+    import json
+    path.write_text(json.dumps({"preset": preset, "runs": runs}))
+    return str(path)
+
+
+def test_included_runs_join_the_table(tmp_path):
+    from pipeline.compare import load_included
+    gr = [{"method": "gr", "seed": s, "final_average_accuracy": 0.5 + s / 10} for s in range(3)]
+    joint = [{"method": "joint", "seed": s, "final_average_accuracy": 0.6 + s / 10} for s in range(3)]
+    runs = load_included([_runs_json(tmp_path / "a.json", "mnist5k", gr),
+                          _runs_json(tmp_path / "b.json", "mnist5k", joint)], "mnist5k")
+    assert runs == gr + joint
+    diffs = paired_differences({(r["method"], r["seed"]): r["final_average_accuracy"] for r in runs}, "gr")
+    assert all(d == pytest.approx(0.1) for d in diffs["joint"].values()) and len(diffs["joint"]) == 3
+
+
+@pytest.mark.parametrize("case", ["other preset", "duplicate", "missing", "not json"])
+def test_a_bad_include_names_the_file(tmp_path, case):
+    from pipeline.compare import load_included
+    gr = [{"method": "gr", "seed": 0, "final_average_accuracy": 0.5}]
+    good = _runs_json(tmp_path / "good.json", "mnist5k", gr)
+    bad = {"other preset": lambda: _runs_json(tmp_path / "bad.json", "smoke", []),
+           "duplicate": lambda: _runs_json(tmp_path / "bad.json", "mnist5k", gr),
+           "missing": lambda: str(tmp_path / "bad.json"),
+           "not json": lambda: (tmp_path / "bad.json").write_text("{") and str(tmp_path / "bad.json")}[case]()
+    with pytest.raises(ValueError, match="bad.json"):
+        load_included([good, bad], "mnist5k")
+
+
+def test_compare_refuses_a_run_it_would_repeat_before_touching_anything(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    included = _runs_json(tmp_path / "runs.json", "smoke", [{"method": "gr", "seed": 0}])
+    r = subprocess.run([sys.executable, "-m", "pipeline.compare", "--preset", "smoke", "--methods", "gr", "joint",
+                        "--seeds", "0", "--include", included, "--workdir", str(tmp_path / "work"),
+                        "--out", str(tmp_path / "out")], cwd=Path(__file__).resolve().parents[1],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "gr seed 0" in r.stderr, r.stderr
+    assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from params import dump_params, preset
-from pipeline.sweep import aggregate, queue_commands, select, sharing_problems
+from pipeline.sweep import aggregate, load_included, merge_rows, queue_commands, select, sharing_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,6 +53,43 @@ def test_select_keeps_only_experiments_that_differ_in_the_swept_keys():
             {"name": "b", "params": {**base, "diffusion.steps_first": 1000}},
             {"name": "c", "params": {**base, "guidance.scale": 0.0, "run.seed": 3}}]
     assert [e["name"] for e in select(exps, base)] == ["a"]  # b changed another key; c repeats a's point
+
+
+def _runs_json(path, rows, **extra):
+    path.write_text(json.dumps({"title": "mnist5k/5, guide", "runs": rows, **extra}))
+    return str(path)
+
+
+def test_included_seeds_join_the_pairing(tmp_path):
+    """Seeds 0-1 from an earlier gather, seed 2 gathered now: scale 0.5 is paired over all three."""
+    fixed = {"data.dataset": "mnist5k", "classifier.lr_first": 0.1}
+    earlier = [_row(0, 0.0, 0.50), _row(1, 0.0, 0.70), _row(0, 0.5, 0.53), _row(1, 0.5, 0.72)]
+    rows = merge_rows([_row(2, 0.5, 0.64), _row(2, 0.0, 0.60)],
+                      load_included([_runs_json(tmp_path / "a.json", earlier, fixed_params=fixed)], fixed,
+                                    "mnist5k/5, guide"))
+    assert [(r["scale"], r["seed"]) for r in rows] == [(0.0, 0), (0.0, 1), (0.0, 2), (0.5, 0), (0.5, 1), (0.5, 2)]
+    half = aggregate(rows).set_index("point").loc["0.5"]
+    assert half["delta_final_average_accuracy_seeds"] == 3
+    assert half["delta_final_average_accuracy"] == pytest.approx((0.03 + 0.02 + 0.04) / 3)
+    with pytest.raises(ValueError, match="point 0.5 seed 1"):
+        merge_rows([_row(1, 0.5, 0.7)], earlier)
+
+
+def test_an_include_of_another_sweep_is_refused_with_its_name(tmp_path):
+    fixed = {"data.dataset": "mnist5k", "classifier.lr_first": 0.1}
+    other = _runs_json(tmp_path / "other.json", [_row(0, 0.0, 0.5)],
+                       fixed_params={**fixed, "classifier.lr_first": 0.05})
+    with pytest.raises(ValueError, match=r"other.json.*classifier.lr_first"):
+        load_included([other], fixed, "mnist5k/5, guide")
+    old = _runs_json(tmp_path / "old.json", [_row(0, 0.0, 0.5)])  # no fixed_params: the title decides
+    assert len(load_included([old], fixed, "mnist5k/5, guide")) == 1
+    with pytest.raises(ValueError, match="old.json"):
+        load_included([old], fixed, "fashion_mnist/5, guide")
+    with pytest.raises(ValueError, match=r"old.json.*point 0 seed 0"):
+        load_included([old, old], fixed, "mnist5k/5, guide")
+    (tmp_path / "bad.json").write_text("[]")
+    with pytest.raises(ValueError, match="bad.json"):
+        load_included([str(tmp_path / "bad.json")], fixed, "mnist5k/5, guide")
 
 
 def test_queue_commands_are_dvc_grids_over_seeds():
