@@ -11,7 +11,8 @@ checked, in `runs.json`.
         --include results/compare/fashion_mnist5/runs.json --out results/compare/fashion_mnist5-all
 
 `--include` adds the runs of earlier comparisons (their runs.json, same preset) to the table without
-running them again, so methods can be added to a comparison one command at a time.
+running them again, so methods can be added to a comparison one command at a time; with `--methods`
+and nothing after it, only the included runs are tabulated.
 
 guide, gr and ddgr of one seed share the diffusion model, so the table leads with each method's
 per-seed difference to `gr` (the same replay, unguided): its mean with a 95% Student-t interval over
@@ -216,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.compare", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="mnist5k", choices=PRESETS)
-    ap.add_argument("--methods", nargs="+", default=method_order(), choices=list(METHODS))
+    ap.add_argument("--methods", nargs="*", default=method_order(), choices=list(METHODS),
+                    help="the methods to run (none: only tabulate the --include runs)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
     ap.add_argument("--workdir", default="compare-work", help="the scratch repository (kept: reruns reuse it)")
     ap.add_argument("--out", default="results/compare")
@@ -226,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="earlier comparisons' runs.json (same preset): their runs join the table, not rerun")
     args = ap.parse_args(argv)
     methods = method_order(args.methods)
+    if not methods and not args.include:
+        ap.error("--methods: none given, and no --include runs to tabulate")
     try:
         runs = load_included(args.include, args.preset)
     except ValueError as e:
@@ -235,8 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--include already holds " + ", ".join(f"{m} seed {s}" for m, s in clash)
                  + ": leave them out of --methods/--seeds, or out of --include")
     workdir, out = Path(args.workdir).resolve(), Path(args.out)
-    scratch_repo(workdir, Path(args.cache_dir).resolve())
-    for seed in args.seeds:
+    if methods:
+        scratch_repo(workdir, Path(args.cache_dir).resolve())
+    for seed in args.seeds if methods else ():
         for method in methods:
             r = reproduce(workdir, args.preset, method, seed)
             print(f"{method:9s} seed {seed}: {r['final_average_accuracy']:.3f} final average accuracy, "

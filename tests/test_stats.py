@@ -86,3 +86,24 @@ def test_compare_refuses_a_run_it_would_repeat_before_touching_anything(tmp_path
                        capture_output=True, text=True)
     assert r.returncode == 2 and "gr seed 0" in r.stderr, r.stderr
     assert not (tmp_path / "work").exists() and not (tmp_path / "out").exists()
+
+
+def test_compare_with_no_methods_tabulates_the_included_runs_alone(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def run(method, seed, final):
+        return {"method": method, "seed": seed, "final_average_accuracy": final, "average_incremental_accuracy": final,
+                "forgetting": 1 - final, "ran": [], "restored": [], "accuracy_matrix": [[final]]}
+    a = _runs_json(tmp_path / "a.json", "smoke", [run("gr", 0, 0.50), run("gr", 1, 0.60)])
+    b = _runs_json(tmp_path / "b.json", "smoke", [run("joint", 0, 0.58), run("joint", 1, 0.69)])
+    r = subprocess.run([sys.executable, "-m", "pipeline.compare", "--preset", "smoke", "--methods", "--include", a, b,
+                        "--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out")],
+                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "work").exists()  # nothing ran, so no scratch repository
+    record = json.loads((tmp_path / "out" / "runs.json").read_text())
+    assert len(record["runs"]) == 4 and record["included"] == [a, b]
+    assert "| joint | +0.085 [" in (tmp_path / "out" / "summary.md").read_text()  # (0.08 + 0.09) / 2
