@@ -119,26 +119,34 @@ def check_sharing(runs: list[dict]) -> list[str]:
     return problems
 
 
-def load_included(paths: list[str], preset_name: str) -> list[dict]:
-    """The runs recorded in earlier comparisons' runs.json files, all of preset `preset_name`.
-    ValueError naming the file when one is missing, unreadable, of another preset, or when the same
-    (method, seed) appears twice."""
+def read_runs(paths: list[str], key, check) -> list[dict]:
+    """The runs recorded in earlier runs.json files (a comparison's or a sweep's), in order.
+    `check(data)` returns why a file does not belong here, or None; `key(run)` returns (identity,
+    label). ValueError naming the file when one is missing or unreadable, does not belong, or holds a
+    run whose identity an earlier one already had."""
     runs, seen = [], {}
     for path in paths:
         try:
             data = json.loads(Path(path).read_text())
-            preset_of, included = data["preset"], data["runs"]
+            keyed = [(key(r), r) for r in data["runs"]]
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"--include {path}: not a comparison's runs.json ({type(e).__name__}: {e})") from None
-        if preset_of != preset_name:
-            raise ValueError(f"--include {path}: runs of preset {preset_of!r}, not {preset_name!r}")
-        for r in included:
-            key = (r["method"], r["seed"])
-            if key in seen:
-                raise ValueError(f"--include {path}: {r['method']} seed {r['seed']} is already in {seen[key]}")
-            seen[key] = path
+            raise ValueError(f"--include {path}: not a runs.json written here ({type(e).__name__}: {e})") from None
+        problem = check(data)
+        if problem:
+            raise ValueError(f"--include {path}: {problem}")
+        for (identity, label), r in keyed:
+            if identity in seen:
+                raise ValueError(f"--include {path}: {label} is already in {seen[identity]}")
+            seen[identity] = path
             runs.append(r)
     return runs
+
+
+def load_included(paths: list[str], preset_name: str) -> list[dict]:
+    """The runs of earlier comparisons (their runs.json), all of preset `preset_name` (see read_runs)."""
+    return read_runs(paths, lambda r: ((r["method"], r["seed"]), f"{r['method']} seed {r['seed']}"),
+                     lambda data: None if data.get("preset") == preset_name
+                     else f"runs of preset {data.get('preset')!r}, not {preset_name!r}")
 
 
 def markdown(frame: pd.DataFrame) -> str:
@@ -241,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir, out = Path(args.workdir).resolve(), Path(args.out)
     if methods:
         scratch_repo(workdir, Path(args.cache_dir).resolve())
-    for seed in args.seeds if methods else ():
+    for seed in args.seeds:
         for method in methods:
             r = reproduce(workdir, args.preset, method, seed)
             print(f"{method:9s} seed {seed}: {r['final_average_accuracy']:.3f} final average accuracy, "

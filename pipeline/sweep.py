@@ -42,7 +42,7 @@ from guide.io import atomic_path, atomic_write_json, atomic_write_text
 from guide.mechanism import STATS
 from guide.metrics import HEADLINE
 from params import PRESETS, ParamsError, dump_params, load_params, preset
-from pipeline.compare import RAN, RESTORED, ROOT, _env, markdown, scratch_repo
+from pipeline.compare import RAN, RESTORED, ROOT, _env, markdown, read_runs, scratch_repo
 from pipeline.stats import paired_ci
 
 SCALES = (0.0, 0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 3.0)  # 0 = gr; well below and above the default; 0.5 = CIFAR-10/5
@@ -148,6 +148,11 @@ def stage_log(root: Path, name: str) -> str | None:
     return proc.stdout if proc.returncode == 0 else None
 
 
+def row_order(r: dict) -> tuple:
+    """A sweep table's order: by mean scale, fixed scales before ranges, then by seed."""
+    return r["mean_scale"], r["scale_max"] is not None, r["seed"]
+
+
 def run_rows(exps: list[dict], logs: dict[str, str | None]) -> list[dict]:
     rows = []
     for e in exps:
@@ -164,7 +169,7 @@ def run_rows(exps: list[dict], logs: dict[str, str | None]) -> list[dict]:
             row.update({f"{view}_{k}": s["replay"][view][k] for k in MECHANISM})
         row["oracle_test_accuracy"] = s.get("oracle_test_accuracy")
         rows.append(row)
-    return sorted(rows, key=lambda r: (r["mean_scale"], r["scale_max"] is not None, r["seed"]))
+    return sorted(rows, key=row_order)
 
 
 def sharing_problems(rows: list[dict]) -> list[str]:
@@ -292,28 +297,15 @@ def fixed_params(base_flat: dict) -> dict:
 
 def load_included(paths: list[str], fixed: dict, title: str) -> list[dict]:
     """The runs of earlier gathers (their runs.json), which must be sweeps of the same params apart
-    from the swept keys (older files, without those params recorded, must carry the same title).
-    ValueError naming the file otherwise, or when a point and seed appears twice."""
-    rows, seen = [], {}
-    for path in paths:
-        try:
-            data = json.loads(Path(path).read_text())
-            included = data["runs"]
-            keys = [(r["point"], int(r["seed"])) for r in included]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise ValueError(f"--include {path}: not a sweep's runs.json ({type(e).__name__}: {e})") from None
-        if "fixed_params" in data:
-            differ = sorted(k for k in set(fixed) | set(data["fixed_params"]) if fixed.get(k) != data["fixed_params"].get(k))
-            if differ:
-                raise ValueError(f"--include {path}: a sweep of other params ({', '.join(differ[:5])})")
-        elif data.get("title") != title:
-            raise ValueError(f"--include {path}: a sweep of {data.get('title')!r}, not {title!r}")
-        for key, r in zip(keys, included):
-            if key in seen:
-                raise ValueError(f"--include {path}: point {key[0]} seed {key[1]} is already in {seen[key]}")
-            seen[key] = path
-            rows.append(r)
-    return rows
+    from the swept keys (older files, without those params recorded, must carry the same title);
+    see read_runs for the errors."""
+    def check(data: dict) -> str | None:
+        if "fixed_params" not in data:
+            return None if data.get("title") == title else f"a sweep of {data.get('title')!r}, not {title!r}"
+        differ = sorted(k for k in set(fixed) | set(data["fixed_params"]) if fixed.get(k) != data["fixed_params"].get(k))
+        return f"a sweep of other params ({', '.join(differ[:5])})" if differ else None
+
+    return read_runs(paths, lambda r: ((r["point"], int(r["seed"])), f"point {r['point']} seed {r['seed']}"), check)
 
 
 def merge_rows(gathered: list[dict], included: list[dict]) -> list[dict]:
@@ -322,7 +314,7 @@ def merge_rows(gathered: list[dict], included: list[dict]) -> list[dict]:
     if clash:
         raise ValueError("--include already holds " + ", ".join(f"point {p} seed {s}" for p, s in clash)
                          + ", gathered here too: leave that file out")
-    return sorted(gathered + included, key=lambda r: (r["mean_scale"], r["scale_max"] is not None, r["seed"]))
+    return sorted(gathered + included, key=row_order)
 
 
 def gather(root: Path, out: Path, rev: str, params_path: str = "params.yaml", title: str | None = None,
