@@ -27,8 +27,9 @@ demo: install .dvc
 	$(BIN)/dvc repro
 	$(BIN)/python -m pipeline.show
 
+# two pytest-xdist workers on 2 cores, each (and every stage it starts) with its share of the threads
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist worksteal
 
 render: install
 	$(BIN)/python -m pipeline.render

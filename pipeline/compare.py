@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -38,6 +37,7 @@ from guide.continual import METHODS
 from guide.io import atomic_path, atomic_write_json, atomic_write_text
 from guide.metrics import HEADLINE
 from params import PRESETS, dump_params, preset
+from pipeline import tool_env
 from pipeline.stats import paired_ci, paired_differences
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ RESTORED = re.compile(r"Stage '([^']+)' (?:is cached - skipping run|didn't chang
 
 def _env() -> dict:
     """The environment every DVC call here runs in: no analytics, this interpreter's tools first."""
-    return {**os.environ, "DVC_NO_ANALYTICS": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    return {**tool_env(), "DVC_NO_ANALYTICS": "1"}
 
 
 def scratch_repo(workdir: Path, cache_dir: Path, params_text: str | None = None) -> None:

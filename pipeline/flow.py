@@ -3,7 +3,8 @@ stages side by side. DVC stays the one record of what is fresh: each task asks `
 stage, runs the stage's command only when it is stale, then `dvc commit`s it into dvc.lock — so
 after `dvc repro` a flow run reruns nothing, and after a flow run `dvc status` is clean.
 
-    python -m pipeline.flow                 # run (a temporary Prefect server starts if none is set)
+    python -m pipeline.flow                 # run (without PREFECT_API_URL: one temporary Prefect server
+                                            # for the run, which every worker reports to)
     python -m pipeline.flow --workers 2     # at most 2 stages at a time, each with its share of the cores
                                             # (default: 1 below 4 cores, else 2 — see default_workers)
     python -m pipeline.flow --runner dask   # the stages on a temporary local Dask cluster (--address: an existing one)
@@ -44,7 +45,7 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 
 from guide.metrics import METRICS  # noqa: E402
 from params import ParamsError, load_params  # noqa: E402
-from pipeline import exchange  # noqa: E402
+from pipeline import exchange, tool_env  # noqa: E402
 from pipeline.graph import build_graph, uncached  # noqa: E402
 from pipeline.render import render  # noqa: E402
 from stages import paths  # noqa: E402
@@ -180,7 +181,7 @@ def run_stage(name: str, cmd: str, root: str, outputs: list[str], threads: dict[
             publish(root, outputs)  # every flow run shows the results, fresh or not
         return "fresh"
     logger.info("%s: %s", name, changed)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **threads}
+    env = {**tool_env(), "PYTHONUNBUFFERED": "1", **threads}
     if remote is not None:
         root = str(exchange.workspace(remote["url"], remote["commit"]))
         logger.info("workspace %s: pulling %s", root, ", ".join(remote["upstream"]) or "nothing")
@@ -365,6 +366,56 @@ def task_runner(kind: str, workers: int, address: str | None = None):
                                           "dashboard_address": None})
 
 
+def api_url() -> str | None:
+    """The Prefect API the user configured (environment or Prefect profile), if any."""
+    from prefect.settings import PREFECT_API_URL
+
+    return PREFECT_API_URL.value() or None
+
+
+SERVER_STARTUP_S = 300  # how long the flow waits for its temporary Prefect server (Prefect's own default: 20 s)
+
+
+@contextlib.contextmanager
+def prefect_api(startup_s: float = SERVER_STARTUP_S):
+    """The Prefect API this run reports to, as a context: PREFECT_API_URL when the user set one (a
+    server they started, or Prefect Cloud); otherwise ONE temporary server for the whole run, started
+    here and waited for up to `startup_s` seconds (on a slow 2-core machine `prefect server start`
+    took 24 s, past Prefect's 20 s limit for the temporary server it would start by itself). Its URL
+    is put in this process's settings and environment, so every task runner's workers — threads,
+    Dask worker processes, Ray workers — report to it instead of each starting a server of its own.
+    Yields (url, whether it was started here)."""
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    if api_url():
+        yield api_url(), False
+        return
+    server = SubprocessASGIServer()
+    server.start(timeout=int(max(startup_s, 1)))
+    before = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = server.api_url  # inherited by every worker process started from here on
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: server.api_url}):
+            yield server.api_url, True
+            drain()  # while the server still listens: else the exit waits on retries to a closed port
+    finally:
+        if before is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = before
+        server.stop()
+
+
+def drain(timeout_s: float = 30.0) -> None:
+    """Send the logs and events Prefect still holds (it sends them in batches, in the background)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=timeout_s)
+    EventsWorker.drain_all(timeout=timeout_s)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.flow", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -392,17 +443,24 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--repo-url needs --exchange remote")
     if args.stage_gpus and args.runner != "ray":
         ap.error("--stage-gpus needs --runner ray (Dask and threads cannot reserve a GPU per task)")
+    if args.address and not api_url():
+        ap.error(f"--address {args.address} needs PREFECT_API_URL: workers elsewhere cannot reach the temporary "
+                 "Prefect server this machine would start; start one they reach (`prefect server start --host "
+                 "0.0.0.0`) and set PREFECT_API_URL to it")
     global _repository
     root, cwd = os.path.abspath(args.root), os.getcwd()
     try:
         os.chdir(root)  # DVC resolves stage targets against the working directory
         load_params(Path(root) / args.params)
         with Repository(root) as _repository:  # before Prefect starts: a busy repository is one line
-            runner = task_runner(args.runner, args.workers, args.address)
             if args.exchange == "remote":
                 exchange.check_driver(root, _repository.repo)  # one line before Prefect starts
-            outcome = guide_pipeline.with_options(task_runner=runner)(
-                root, args.params, args.workers, args.exchange, args.repo_url, args.stage_gpus)
+            with prefect_api() as (url, started):
+                print(f"Prefect API: {url}" + (" (a temporary server for this run; set PREFECT_API_URL to keep "
+                                               "one and watch it in the UI)" if started else ""), flush=True)
+                runner = task_runner(args.runner, args.workers, args.address)
+                outcome = guide_pipeline.with_options(task_runner=runner)(
+                    root, args.params, args.workers, args.exchange, args.repo_url, args.stage_gpus)
     except (ParamsError, RepositoryBusy, exchange.ExchangeError) as err:
         print(f"pipeline.flow: {err}", file=sys.stderr)
         return 2

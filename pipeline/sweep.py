@@ -396,6 +396,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="points with per-sample scales U[LOW, HIGH]")
     ap.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     ap.add_argument("-j", "--jobs", type=int, default=1, help="queue workers (1 on a 2-core machine)")
+    ap.add_argument("--poll", type=float, default=20.0, help="seconds between looks at the queue while it runs")
     ap.add_argument("--rev", default="HEAD", help="gather the experiments of this baseline commit")
     ap.add_argument("--out", default="results/sweep", help="where gather writes its table and plots")
     ap.add_argument("--title", help="plot title (default: dataset/tasks, guide)")
@@ -421,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         queue(root, points, args.seeds)
     if args.action == "run":
-        rows = start_and_wait(root, args.jobs)
+        rows = start_and_wait(root, args.jobs, args.poll)
         failed = [r for r in rows if r["status"] == "Failed"]
         if failed:
             print(f"{len(failed)} experiment(s) failed: see `dvc queue logs NAME` for "

@@ -1,12 +1,14 @@
 """The cached pipeline on the smoke preset, in a temporary git repository: what reruns and what does
 not, under `dvc repro`, `dvc exp run -S …` and the Prefect flow. Stage sets are read from the
 tools' own output and compared."""
+import fcntl
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -31,6 +33,12 @@ def ran(result) -> set[str]:
     return set(RUNNING.findall(result.stdout + result.stderr))
 
 
+def smoke_env(path: Path) -> dict:
+    return {**os.environ, "DVC_NO_ANALYTICS": "1", "WANDB_MODE": "disabled", "PREFECT_HOME": str(path / ".prefect"),
+            "PYTHONDONTWRITEBYTECODE": "1", "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
+            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
+
+
 def smoke_repo(path):
     """A git + DVC repository at `path` holding the project's files with the smoke preset, reproduced
     once; returns (path, env, the first repro's result)."""
@@ -40,10 +48,7 @@ def smoke_repo(path):
         if (ROOT / f).is_file() and not f.startswith(("artifacts/", "metrics/", "plots/")) and f != "dvc.lock":
             (path / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, path / f)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
-           "WANDB_MODE": "disabled", "PREFECT_HOME": str(path / ".prefect"), "PYTHONDONTWRITEBYTECODE": "1",
-           "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@example.com"}
+    env = smoke_env(path)
     (path / "params.yaml").write_text(dump_params(preset("smoke")))
     sh("git init -q && python -m pipeline.render", path, env=env)
     sh("git add -A && git commit -qm smoke", path, env=env)
@@ -52,22 +57,42 @@ def smoke_repo(path):
     return path, env, first
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    path, env, first = smoke_repo(tmp_path_factory.mktemp("repo"))
-    os.environ["PREFECT_HOME"] = env["PREFECT_HOME"]  # the in-process flow test's temporary Prefect home
-    return path, env, first
+def shared_folder(tmp_path_factory) -> Path:
+    """A folder of this test session that every pytest-xdist worker of it sees."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def smoke_origin(tmp_path_factory, prefect_server):
+    """The cold smoke repository, reproduced once per test session (the first worker to need it builds
+    it; the others wait for it): (its path, the first `dvc repro`'s output)."""
+    shared = shared_folder(tmp_path_factory)
+    origin, log = shared / "smoke-origin", shared / "smoke-origin.log"
+    with open(shared / "smoke-origin.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not log.exists():
+            shutil.rmtree(origin, ignore_errors=True)
+            origin.mkdir()
+            _, _, first = smoke_repo(origin)
+            log.write_text(first.stdout + first.stderr)
+    return origin, subprocess.CompletedProcess("dvc repro", 0, log.read_text(), "")
+
+
+@pytest.fixture
+def repo(smoke_origin, tmp_path):
+    """A copy of the reproduced smoke repository of this test's own, which it may change at will:
+    (path, env, the first repro's result). Its flows report to the session's Prefect server."""
+    origin, first = smoke_origin
+    path = tmp_path / "repo"
+    shutil.copytree(origin, path, symlinks=True)
+    return path, smoke_env(path), first
 
 
 def out_hashes(path) -> dict:
     """Every stage output's md5 in dvc.lock."""
     lock = yaml.safe_load((path / "dvc.lock").read_text())
     return {(name, o["path"]): o["md5"] for name, st in lock["stages"].items() for o in st.get("outs", [])}
-
-
-def restore(path, env):
-    sh("git checkout -q -- . && dvc checkout -q --force", path, env=env)
-    sh("dvc repro", path, env=env)
 
 
 def test_cold_repro_runs_every_stage_and_writes_the_outputs(repo):
@@ -118,7 +143,6 @@ def test_guidance_scale_experiment_reruns_only_the_classifier_branch(repo):
     assert must <= ran(r) <= must | {"report"}
     shown = sh("dvc exp show --json", path, env=env).stdout
     assert "final_average_accuracy" in shown
-    restore(path, env)
 
 
 def test_first_task_diffusion_change_reruns_its_branch_and_what_depends_on_it(repo):
@@ -127,14 +151,12 @@ def test_first_task_diffusion_change_reruns_its_branch_and_what_depends_on_it(re
     must = {"diffusion-t0", "rehearsal-t1", "diffusion-t1", "replay-t1-r0", "classifier-t1-r0", "replay-t1-r1",
             "classifier-t1-r1", "evaluate-t1"}
     assert must <= ran(r) <= must | {"report"}
-    restore(path, env)
 
 
 def test_later_task_diffusion_change_reruns_that_task_only(repo):
     path, env, _ = repo
     r = sh("dvc exp run -S diffusion.steps_later=40", path, env=env)
     assert ran(r) == {"diffusion-t1"}  # nothing in a 2-task run uses diffusion(1)
-    restore(path, env)
 
 
 def test_structural_change_stops_at_once_naming_the_render_command(repo):
@@ -143,7 +165,6 @@ def test_structural_change_stops_at_once_naming_the_render_command(repo):
     assert r.returncode != 0
     assert "python -m pipeline.render" in r.stdout + r.stderr
     assert ran(r) == {"check-graph"}
-    restore(path, env)
 
 
 def test_flow_reruns_what_changed_and_leaves_dvc_status_clean(repo):
@@ -154,15 +175,58 @@ def test_flow_reruns_what_changed_and_leaves_dvc_status_clean(repo):
     assert re.search(r"[23] of 13 stages ran: evaluate-t0, evaluate-t1", r.stdout), r.stdout[-500:]
     status = sh("dvc status", path, env=env)
     assert "up to date" in status.stdout
-    restore(path, env)
 
 
-def test_the_flow_on_dask_workers_with_no_shared_folder_writes_the_lock_dvc_repro_writes(repo, tmp_path):
-    """A cold smoke run on a 2-process Dask cluster with `--exchange remote`: every stage runs in a
-    worker's own clone and its data goes through a local-directory DVC remote, not the driver's
-    folder. dvc.lock as `dvc repro` wrote it, every cached output in the remote, `dvc status` clean
-    after, a second flow run reruns nothing; uncommitted tracked files are refused in one line."""
+SERVER = "prefect.server.api.server:create_app"  # in the command line of every Prefect server process
+
+
+class ServerWatch:
+    """Samples the process table while a command runs: the pids of Prefect servers that were not
+    running when it started (the session's own server is not counted)."""
+
+    def __init__(self):
+        self.before, self.seen, self._stop = self.servers(), set(), threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def servers() -> set[int]:
+        found = set()
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    if SERVER.encode() in (proc / "cmdline").read_bytes():
+                        found.add(int(proc.name))
+                except OSError:
+                    pass
+        return found
+
+    def _run(self):
+        while not self._stop.wait(0.2):
+            self.seen |= self.servers() - self.before
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def test_the_flow_on_dask_workers_with_no_shared_folder_writes_the_lock_dvc_repro_writes(repo, tmp_path,
+                                                                                         prefect_server):
+    """A cold smoke run on a 2-process Dask cluster with `--exchange remote`, in a second fresh
+    repository: every stage runs in a worker's own clone and its data goes through a local-directory
+    DVC remote, not the driver's folder. dvc.lock as `dvc repro` wrote it in the first repository
+    (so a second fresh repository writes byte-identical artifacts), every cached output in the
+    remote, `dvc status` clean after, a second flow run reruns nothing; uncommitted tracked files are
+    refused in one line. Prefect: with PREFECT_API_URL every task run reports to that one server and
+    no worker starts another; without it the flow starts exactly one, for the driver and every worker."""
     pytest.importorskip("prefect_dask")
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.client.schemas.sorting import FlowRunSort
+
     path, env, _ = repo
     fresh, remote, spaces = tmp_path / "driver", tmp_path / "remote", tmp_path / "workers"
     fresh.mkdir()
@@ -171,15 +235,25 @@ def test_the_flow_on_dask_workers_with_no_shared_folder_writes_the_lock_dvc_repr
             (fresh / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(path / f, fresh / f)
     sh(f"git init -q && dvc remote add -q -d store {remote} && git add -A && git commit -qm smoke", fresh, env=env)
-    # float reductions depend on the thread count, so the stages get the threads `dvc repro` gave them
-    same = {**env, "GUIDE_FLOW_WORKSPACES": str(spaces),
+    # float reductions depend on the thread count, so the stages get the threads `dvc repro` gave them;
+    # a Prefect home of its own: a worker that started its own server would record elsewhere
+    same = {**env, "GUIDE_FLOW_WORKSPACES": str(spaces), "PREFECT_HOME": str(tmp_path / "prefect"),
+            "PREFECT_API_URL": prefect_server,
             "OMP_NUM_THREADS": sh('python -c "import torch; print(torch.get_num_threads())"', fresh,
                                   env=env).stdout.strip()}
     flow = "python -m pipeline.flow --runner dask --workers 2 --exchange remote"
-    r = sh(flow, fresh, env=same)
+    with ServerWatch() as watch:
+        r = sh(flow, fresh, env=same)
     assert "13 of 13 stages ran" in r.stdout, r.stdout[-500:]
+    assert watch.seen == set(), "a worker started a Prefect server of its own"
     lock = yaml.safe_load((fresh / "dvc.lock").read_text())
     assert lock == yaml.safe_load((path / "dvc.lock").read_text())
+    assert len(out_hashes(fresh)) >= 13 and out_hashes(fresh) == out_hashes(path)
+    with get_client(sync_client=True) as client:  # every stage's task run, through the session's server
+        latest = client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)[0]
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[latest.id])))
+        assert sorted(t.name for t in runs) == sorted(lock["stages"])  # the 13 stages, each once
+        assert all(t.state.is_completed() for t in runs)
     clones = list((spaces / "guide-flow").iterdir())
     assert clones and all((c / "artifacts").is_dir() for c in clones)  # the stages ran there, not in `fresh`
     cached = {o["md5"] for st in lock["stages"].values() for o in st.get("outs", [])
@@ -187,7 +261,11 @@ def test_the_flow_on_dask_workers_with_no_shared_folder_writes_the_lock_dvc_repr
     in_remote = {f"{d.name}{f.name}" for d in (remote / "files" / "md5").iterdir() for f in d.iterdir()}
     assert len(cached) >= 8 and cached <= in_remote
     assert "up to date" in sh("dvc status", fresh, env=env).stdout
-    assert "0 of 13 stages ran" in sh(flow, fresh, env=same).stdout
+    alone = {k: v for k, v in same.items() if k != "PREFECT_API_URL"}
+    with ServerWatch() as watch:
+        r = sh(flow, fresh, env=alone)
+    assert "0 of 13 stages ran" in r.stdout and "a temporary server for this run" in r.stdout
+    assert len(watch.seen) == 1, f"{len(watch.seen)} Prefect servers served one flow run"
     (fresh / "params.yaml").write_text((fresh / "params.yaml").read_text() + "\n")
     r = sh(flow, fresh, env=same, check=False)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()], r.stderr
@@ -196,22 +274,19 @@ def test_the_flow_on_dask_workers_with_no_shared_folder_writes_the_lock_dvc_repr
 
 def test_the_flow_on_a_local_ray_cluster_reruns_what_is_stale_and_leaves_dvc_status_clean(repo):
     """`--runner ray` on the reproduced smoke repository: only the stage whose output went missing runs,
-    on a Ray worker, and DVC agrees with the result."""
+    on a Ray worker, and DVC agrees with the result. Without PREFECT_API_URL, the flow's one temporary
+    Prefect server serves the Ray workers too."""
     pytest.importorskip("prefect_ray")
     path, env, _ = repo
     before = out_hashes(path)
     (path / "metrics/summary.json").unlink()
-    r = sh("python -m pipeline.flow --runner ray --workers 2", path, env=env)
+    with ServerWatch() as watch:
+        r = sh("python -m pipeline.flow --runner ray --workers 2", path,
+               env={k: v for k, v in env.items() if k != "PREFECT_API_URL"})
     assert "1 of 13 stages ran: report" in r.stdout, r.stdout[-500:]
+    assert len(watch.seen) == 1, f"{len(watch.seen)} Prefect servers served one flow run"
     assert "up to date" in sh("dvc status", path, env=env).stdout
     assert out_hashes(path) == before
-
-
-def test_a_second_fresh_repository_writes_byte_identical_artifacts(repo, tmp_path):
-    path, env, _ = repo
-    other, _, _ = smoke_repo(tmp_path / "other")
-    mine, theirs = out_hashes(path), out_hashes(other)
-    assert len(mine) >= 13 and mine == theirs
 
 
 def test_a_forced_rerun_changes_no_hash_and_reruns_nothing_downstream(repo):
@@ -221,7 +296,6 @@ def test_a_forced_rerun_changes_no_hash_and_reruns_nothing_downstream(repo):
     assert ran(r) == {"diffusion-t0"}
     again = sh("dvc repro", path, env=env)
     assert ran(again) == set() and out_hashes(path) == before
-    restore(path, env)
 
 
 def test_flow_refuses_at_once_while_another_dvc_process_holds_the_repository(repo):
@@ -252,7 +326,6 @@ def test_flow_clears_a_stages_outputs_before_running_it(repo):
     r = sh("python -m pipeline.flow", path, env=env)
     assert "replay-t1-r0" in r.stdout and not stray.exists()
     assert "up to date" in sh("dvc status", path, env=env).stdout
-    restore(path, env)
 
 
 def test_a_failed_stage_under_the_flow_is_one_line_with_the_command_to_resume(repo, tmp_path):
@@ -260,15 +333,12 @@ def test_a_failed_stage_under_the_flow_is_one_line_with_the_command_to_resume(re
     params = (path / "params.yaml").read_text()
     (path / "params.yaml").write_text(params.replace("wandb: disabled", "wandb: online"))
     no_key = {**{k: v for k, v in env.items() if k != "WANDB_API_KEY"}, "HOME": str(tmp_path)}
-    try:
-        r = sh("python -m pipeline.flow", path, env=no_key, check=False)
-        assert r.returncode == 1 and "Traceback" not in r.stdout + r.stderr
-        # Prefect logs its own lines (the temporary server stopping); ours is the one report line
-        lines = [x for x in r.stderr.splitlines() if x.startswith("stage ")]
-        assert len(lines) == 1 and lines[0].startswith("stage report failed (exit 2): python -m stages.report")
-        assert "resume with `python -m pipeline.flow`" in lines[0]
-    finally:
-        restore(path, env)
+    r = sh("python -m pipeline.flow", path, env=no_key, check=False)
+    assert r.returncode == 1 and "Traceback" not in r.stdout + r.stderr
+    # Prefect may log lines of its own; ours is the one report line
+    lines = [x for x in r.stderr.splitlines() if x.startswith("stage ")]
+    assert len(lines) == 1 and lines[0].startswith("stage report failed (exit 2): python -m stages.report")
+    assert "resume with `python -m pipeline.flow`" in lines[0]
 
 
 # run settings that choose how to compute, not what: no stage declares them

@@ -115,7 +115,7 @@ def test_smoke_sweep_runs_queued_experiments_and_trains_each_seeds_diffusion_onc
     subprocess.run("git init -q && python -m pipeline.render && git add -A && git commit -qm smoke", shell=True,
                    cwd=repo, env=env, check=True, capture_output=True)
     r = subprocess.run([sys.executable, "-m", "pipeline.sweep", "run", "--scales", "0", "1", "--ranges",
-                        "--seeds", "0", "1", "--out", str(out)], cwd=repo, env=env, capture_output=True, text=True)
+                        "--seeds", "0", "1", "--out", str(out), "--poll", "1"], cwd=repo, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     status = subprocess.run(["dvc", "queue", "status"], cwd=repo, env=env, capture_output=True, text=True).stdout
     assert status.count("Success") == 4 and "Failed" not in status
