@@ -13,16 +13,24 @@ os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.envir
 # the tests never report to a Prefect server of the user's: the session starts its own (prefect_server)
 os.environ.pop("PREFECT_API_URL", None)
 # pytest-xdist workers (`make test` runs `-n auto`) share the cores: each worker, and every stage it
-# starts, gets its share — two torch processes with a thread per core each thrash
+# starts, gets its share (two torch processes with a thread per core each thrash). The same count in
+# this process and in its subprocesses, so a stage run here writes the bytes `dvc repro` wrote there.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-if _WORKERS > 1:
-    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // _WORKERS))
-torch.set_num_threads(int(os.environ.get("GUIDE_TEST_THREADS", os.environ.get("OMP_NUM_THREADS", "2"))))
+_THREADS = os.environ.get("GUIDE_TEST_THREADS") or str(max(1, (os.cpu_count() or 1) // _WORKERS))
+os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = _THREADS
+torch.set_num_threads(int(_THREADS))
 
 
 def pytest_collection_modifyitems(config, items):
-    """The end-to-end tests first: with pytest-xdist, a long test started last would run alone."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """An order that keeps two pytest-xdist workers busy (`--dist worksteal` gives the first worker the
+    first half of the list and the second the rest): the tests on the shared smoke repository first
+    (their first builds it), the quick tests, then the other end-to-end tests (which build their own),
+    so neither worker waits for the other or ends on a long test alone."""
+    def rank(item) -> int:
+        if item.path.name == "test_pipeline.py":
+            return 0
+        return 2 if item.get_closest_marker("slow") else 1
+    items.sort(key=rank)
 
 
 @pytest.fixture(scope="session")

@@ -86,7 +86,6 @@ MEMORY_SCRIPT = textwrap.dedent("""
     from guide.diffusion import NoiseSchedule
     from guide.guidance import ClassGuidance
     from guide.samplers import ddim_sample
-    torch.set_num_threads(2)
     torch.manual_seed(0)
     unet = UNet(image_size=32, in_channels=3, model_channels=32, out_channels=3, num_res_blocks=2,
                 attention_resolutions=(16,), channel_mult=(1, 2, 2), num_classes=10).eval()
