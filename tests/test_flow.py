@@ -70,3 +70,23 @@ def test_remote_exchange_needs_a_default_remote_and_a_committed_tree(tmp_path):
         (tmp_path / "params.yaml").write_text("b\n")
         with pytest.raises(exchange.ExchangeError, match=r"differ from it: params\.yaml; commit them first"):
             exchange.check_driver(str(tmp_path), repo)
+
+
+def test_a_cluster_elsewhere_needs_a_prefect_server_it_can_reach(capsys, monkeypatch):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    with temporary_settings(restore_defaults={PREFECT_API_URL}), pytest.raises(SystemExit) as exit:
+        main(["--runner", "dask", "--address", "tcp://h:8786"])
+    err = capsys.readouterr().err
+    assert exit.value.code == 2 and "--address tcp://h:8786 needs PREFECT_API_URL" in err, err
+
+
+def test_a_configured_prefect_api_is_used_as_it_is_and_no_server_starts():
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from pipeline.flow import prefect_api
+
+    with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        with prefect_api(startup_s=0) as (url, started):
+            assert url == "http://127.0.0.1:9/api" and not started

@@ -1,4 +1,5 @@
 """Typed params: defaults, presets, and one clear error naming the field for bad input."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -99,7 +100,8 @@ def test_render_with_bad_params_exits_2_and_writes_nothing(tmp_path):
 def test_stage_with_bad_params_exits_2_and_writes_nothing(tmp_path):
     (tmp_path / "params.yaml").write_text("run:\n  seed: zero\n")
     r = subprocess.run([sys.executable, "-m", "stages.evaluate", "--task", "0"], capture_output=True, text=True,
-                       cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+                       cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
+                                                  "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"]})
     assert r.returncode == 2 and "run.seed" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 

@@ -1,6 +1,7 @@
 """What a user can rely on when something goes wrong: a corrupt input is refused with one line and
 nothing written; artifacts are pure functions of their inputs."""
 import struct
+import os
 import subprocess
 import sys
 import zipfile
@@ -53,7 +54,8 @@ def test_a_flipped_byte_in_a_checkpoint_is_refused(tmp_path):
 
 def test_a_stage_given_a_corrupt_checkpoint_exits_2_in_one_line_and_writes_nothing(tmp_path):
     (tmp_path / "params.yaml").write_text(dump_params(preset("smoke")))
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "WANDB_MODE": "disabled"}
+    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "WANDB_MODE": "disabled",
+           "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"]}  # the share of the cores conftest gives
     r = subprocess.run([sys.executable, "-m", "stages.diffusion", "--task", "0"], cwd=tmp_path, env=env,
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -1,4 +1,5 @@
 """wandb is optional: off by default, and in offline mode one local run per stage, no network."""
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,7 @@ def test_offline_tracking_writes_a_local_run_for_the_stage(tmp_path, monkeypatch
 
 def _online_env(tmp_path, **extra):
     env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "WANDB_DIR": str(tmp_path),
+           "OMP_NUM_THREADS": os.environ["OMP_NUM_THREADS"],
            **extra}
     (tmp_path / "params.yaml").write_text(dump_params(preset("smoke", tracking={"wandb": "online"})))
     return env
