@@ -388,8 +388,9 @@ def prefect_api(startup_s: float = SERVER_STARTUP_S):
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    if api_url():
-        yield api_url(), False
+    configured = api_url()
+    if configured:
+        yield configured, False
         return
     server = SubprocessASGIServer()
     server.start(timeout=int(max(startup_s, 1)))

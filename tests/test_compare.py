@@ -13,8 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_compare_trains_each_seeds_diffusion_once(tmp_path):
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "WANDB_MODE": "disabled",
-           "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "WANDB_MODE": "disabled"}  # PATH: tests/conftest.py
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "-m", "pipeline.compare", "--preset", "smoke", "--seeds", "0",
                         "--methods", "guide", "gr", "--workdir", str(tmp_path / "work"), "--out", str(out),

@@ -108,7 +108,7 @@ def test_smoke_sweep_runs_queued_experiments_and_trains_each_seeds_diffusion_onc
         if (ROOT / f).is_file() and not f.startswith(("artifacts/", "metrics/", "plots/", "results/")) and f != "dvc.lock":
             (repo / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / f, repo / f)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1",  # PATH: tests/conftest.py
            "WANDB_MODE": "disabled", "GIT_AUTHOR_NAME": "t",
            "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
     (repo / "params.yaml").write_text(dump_params(preset("smoke")))
