@@ -52,13 +52,30 @@ def fork_seed(generator: torch.Generator) -> int:
     return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
 
 
+class EpochBatches:
+    """Index batches of a shuffled dataset, epoch after epoch, the last incomplete batch of each
+    epoch dropped: what the reference's DataLoader(shuffle=True, drop_last=True) yields, drawn from
+    `generator`. A dataset smaller than one batch gives batches of all of it."""
+
+    def __init__(self, n: int, batch: int, generator: torch.Generator):
+        self.n, self.batch, self.generator = n, min(batch, n), generator
+        self.order, self.pos = torch.empty(0, dtype=torch.long), 0
+
+    def next(self) -> Tensor:
+        if self.pos + self.batch > len(self.order):
+            self.order, self.pos = torch.randperm(self.n, generator=self.generator), 0
+        idx = self.order[self.pos : self.pos + self.batch]
+        self.pos += self.batch
+        return idx
+
+
 # --- diffusion ---------------------------------------------------------------------------------
 def train_diffusion(model: nn.Module, ema: EMA, schedule: NoiseSchedule, x: Tensor, y: Tensor, *,
                     steps: int, batch_size: int, lr: float, weight_decay: float = 0.0,
                     hflip: bool = True, generator: torch.Generator, world: World = World(),
                     callback: Callable[[int, float], None] | None = None) -> list[float]:
-    """Train the ε-network on (x, y) — real task data and rehearsal together, shuffled — with AdamW
-    and an EMA of the weights. Returns the per-step losses (of the global batch).
+    """Train the ε-network on (x, y) — real task data and rehearsal together, shuffled, in epochs —
+    with AdamW and an EMA of the weights. Returns the per-step losses (of the global batch).
 
     Data parallel over `world`'s ranks: each draws the same global batch (same `generator`) and
     computes the loss on its share; DistributedDataParallel averages the gradients."""
@@ -68,8 +85,9 @@ def train_diffusion(model: nn.Module, ema: EMA, schedule: NoiseSchedule, x: Tens
     batch = min(batch_size, len(x))
     part = world.part(batch)
     losses = []
+    batches = EpochBatches(len(x), batch, generator)
     for step in range(steps):
-        idx = torch.randint(0, len(x), (batch,), generator=generator)
+        idx = batches.next()
         xb, yb = x[idx], y[idx]
         if hflip:
             flip = torch.rand(len(xb), generator=generator) < 0.5
@@ -93,6 +111,8 @@ def generate(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, *, batch
 
     `guidance_for(labels_of_batch)` builds the guidance of one batch (or returns None). `clip`: clip
     x̂₀ to [−1, 1] at every step (before the guiding classifier sees it), as the reference does.
+    The images are what the sampler's last step returns, not clamped: like the reference's, a
+    guided last step can leave [−1, 1] slightly (its x̂₀ is recomputed from the guided ε, unclipped).
     Returns the images and, per image, the class the guidance aimed at (−1 when unguided).
 
     Over several ranks, batch i is sampled by rank i mod N; the others only advance the generators
@@ -109,7 +129,7 @@ def generate(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, *, batch
             skip(schedule, noise.shape, generator, sampler=sampler, eta=eta)
             continue
         images = sample(model, schedule, noise, yb, sampler=sampler, eta=eta, guidance=guidance, clip=clip,
-                        generator=generator, callback=callback).clamp(-1, 1)
+                        generator=generator, callback=callback)
         last = getattr(guidance, "last_target", None)
         done[i] = images, (last if last is not None else torch.full_like(yb, -1))
     if world.size > 1:
@@ -121,16 +141,26 @@ def generate(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, *, batch
 
 # --- classifier --------------------------------------------------------------------------------
 def mixed_batch_sizes(batch_size: int, task: int, replay: bool) -> tuple[int, int]:
-    """(real, replay) images per step: B/(t+1) real task-t images and B·t/(t+1) replay images."""
+    """(real, replay) images per step, as the reference mixes them: B//(t+1) real task-t images
+    and (B//(t+1))·t replay images (a step can hold fewer than B images when t+1 does not divide B)."""
     if not replay or task == 0:
         return batch_size, 0
-    real = max(1, round(batch_size / (task + 1)))
-    return real, batch_size - real
+    real = max(1, batch_size // (task + 1))
+    return real, real * task
 
 
 def linear_lr(lr: float, step: int, total_steps: int) -> float:
-    """The learning rate decayed linearly to zero over the task."""
+    """The learning rate decayed linearly to zero over the task, set at every (0-based) step."""
     return lr * max(0.0, 1.0 - step / max(1, total_steps))
+
+
+def annealed_lr(lr: float, step: int, total_steps: int, epoch_steps: int) -> float:
+    """The reference's classifier learning rate before 0-based step `step`: counting steps from 1,
+    it is set to lr·(1 − s/S) at every step s that starts a new 'epoch' of `epoch_steps` steps
+    (len(task data) // B) and held in between, so the first epoch runs at lr and the last step
+    at lr·(1 − S/S) = 0 when S is a whole number of epochs."""
+    epoch = (step + 1) // max(1, epoch_steps)
+    return lr if epoch == 0 else lr * (1.0 - epoch * max(1, epoch_steps) / max(1, total_steps))
 
 
 ReplaySource = Callable[[int], tuple[Tensor, Tensor]]  # global step -> bank of replay (x, y)
@@ -140,12 +170,13 @@ def train_classifier(classifier: nn.Module, optimizer: torch.optim.Optimizer, re
                      real_y: Tensor, *, steps: range, total_steps: int, batch_size: int, lr: float,
                      num_seen: int, task: int, replay: ReplaySource | None = None,
                      augment: Callable[[Tensor], Tensor] | None = None, generator: torch.Generator,
-                     world: World = World(),
+                     world: World = World(), epoch_steps: int | None = None,
                      callback: Callable[[int, float], None] | None = None) -> list[float]:
     """Train over the global steps `steps` of a task of `total_steps` (so a task can be cut into
-    rounds). Each step mixes real task images with replay drawn from `replay(step)`; the loss is
-    cross-entropy over the logits of the `num_seen` classes seen so far. Returns the per-step losses
-    (of the global batch).
+    rounds). Each step mixes real task images (shuffled, in epochs) with replay drawn from
+    `replay(step)`; the loss is cross-entropy over the logits of the `num_seen` classes seen so far.
+    The learning rate follows `annealed_lr` with `epoch_steps` (the reference's), or, when None,
+    `linear_lr` (decayed every step). Returns the per-step losses (of the global batch).
 
     Data parallel over `world`'s ranks: each draws the same global batch and trains on its share
     (augmented with its own randomness); BN uses the global batch's statistics, DDP averages the
@@ -155,10 +186,12 @@ def train_classifier(classifier: nn.Module, optimizer: torch.optim.Optimizer, re
     classifier.train()
     net = world.wrap(classifier)
     losses = []
+    batches = EpochBatches(len(real_x), n_real, generator)
     for step in steps:
         for group in optimizer.param_groups:
-            group["lr"] = linear_lr(lr, step, total_steps)
-        idx = torch.randint(0, len(real_x), (n_real,), generator=generator)
+            group["lr"] = (linear_lr(lr, step, total_steps) if epoch_steps is None
+                           else annealed_lr(lr, step, total_steps, epoch_steps))
+        idx = batches.next()
         xb, yb = real_x[idx], real_y[idx]
         if n_replay:
             bank_x, bank_y = replay(step)
@@ -191,10 +224,11 @@ def make_optimizer(classifier: nn.Module, lr: float, momentum: float = 0.9,
 
 @torch.no_grad()
 def evaluate(classifier: nn.Module, x: Tensor, y: Tensor, tasks: Sequence[Sequence[int]],
-             num_seen: int, batch_size: int = 500) -> list[float]:
-    """Accuracy on each task's test images, predicting among the `num_seen` classes seen so far."""
+             batch_size: int = 500) -> list[float]:
+    """Accuracy on each task's test images, the prediction being the argmax over all the
+    classifier's logits, classes not seen yet included (the reference's validation does the same)."""
     classifier.eval()
-    preds = torch.cat([classifier(x[i : i + batch_size])[:, :num_seen].argmax(1)
+    preds = torch.cat([classifier(x[i : i + batch_size]).argmax(1)
                        for i in range(0, len(x), batch_size)])
     out = []
     for classes in tasks:

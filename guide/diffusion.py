@@ -17,9 +17,20 @@ SCHEDULES = ("linear", "cosine")
 
 
 def linear_betas(num_steps: int) -> Tensor:
-    """The DDPM linear schedule, rescaled so that other step counts keep the same curve."""
-    scale = 1000.0 / num_steps
-    return torch.linspace(scale * 1e-4, scale * 0.02, num_steps, dtype=torch.float64)
+    """The reference's linear schedule (guided-diffusion as GUIDE ships it): β runs from
+    scale·0.001 to scale·0.02 with scale = 1000/T — note the start, ten times DDPM's 1e-4 — and,
+    below 10 steps, from scale·0.01 to scale·0.02 with scale = 100/T. For 10 ≤ T < 20 the last β
+    would exceed 1, which no diffusion process allows: refused, as the reference refuses it."""
+    if num_steps < 1:
+        raise ValueError(f"diffusion.num_timesteps={num_steps}: expected at least 1 step")
+    if num_steps < 10:
+        scale, start = 100.0 / num_steps, 0.01
+    else:
+        scale, start = 1000.0 / num_steps, 0.001
+    if scale * 0.02 > 1:
+        raise ValueError(f"diffusion.num_timesteps={num_steps}: the linear schedule's last β would be "
+                         f"{scale * 0.02:.3g} > 1 (it needs T < 10 or T ≥ 20)")
+    return torch.linspace(scale * start, scale * 0.02, num_steps, dtype=torch.float64)
 
 
 def cosine_betas(num_steps: int, s: float = 0.008, max_beta: float = 0.999) -> Tensor:

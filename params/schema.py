@@ -207,6 +207,10 @@ class Params(Group):
             if d.num_tasks < 2 or first >= n or (n - first) % (d.num_tasks - 1):
                 raise ValueError(f"data.first_task_classes: {first} first-task classes leave {n - first} "
                                  f"that cannot be split into {d.num_tasks - 1} equal tasks")
+        T = self.diffusion.num_timesteps
+        if self.diffusion.schedule == "linear" and 10 <= T < 20:
+            raise ValueError(f"diffusion.num_timesteps: {T}: the linear schedule's last β would be {20 / T:.3g} > 1 "
+                             f"(it needs fewer than 10 or at least 20 steps, as the reference's does)")
         for group in ("rehearsal", "replay"):
             spec = getattr(self, group).respacing
             n = self.diffusion.num_timesteps

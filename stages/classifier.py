@@ -125,7 +125,8 @@ def run(ctx: Context) -> None:
                               steps=range(r * per_round, (r + 1) * per_round), total_steps=total,
                               batch_size=p.batch_size, lr=lr, num_seen=seen.stop, task=t, replay=source,
                               augment=make_augmentation(p.augmentation, ctx.data.channels, ctx.data.image_size),
-                              generator=ctx.generator("batches"), world=ctx.world, callback=step_done)
+                              generator=ctx.generator("batches"), world=ctx.world, callback=step_done,
+                              epoch_steps=len(x) // p.batch_size)  # the reference's 'epoch' for its LR steps
     bar.close()
     if finish is not None:
         finish()

@@ -1,5 +1,6 @@
-"""Train diffusion(t): from diffusion(t−1) (task 0: fresh) on real task-t images plus the
-self-rehearsal samples of the old classes. Writes the model and its EMA weights.
+"""Train diffusion(t): from diffusion(t−1)'s live weights (task 0: fresh) on real task-t images plus
+the self-rehearsal samples of the old classes. Writes the live weights and their EMA, which starts
+afresh from the live weights at every task (the reference's TrainLoop does the same).
 
     python -m stages.diffusion --task 1
     torchrun --nproc-per-node 4 -m stages.diffusion --task 1   # data parallel: diffusion.batch_size
@@ -31,16 +32,12 @@ def run(ctx: Context) -> None:
     p, t = ctx.params.diffusion, ctx.task
     x, y = task_subset(ctx.data.train_x, ctx.data.train_y, ctx.tasks[t])
     model = ctx.new_unet()
-    if t > 0:
-        prev = load_checkpoint(paths.diffusion(t - 1), map_location=ctx.device)
-        model.load_state_dict(prev["model"])
-        ema = EMA(model, p.ema_decay)
-        ema.load_state_dict(prev["ema"])
+    if t > 0:  # training goes on from the previous task's live weights
+        model.load_state_dict(load_checkpoint(paths.diffusion(t - 1), map_location=ctx.device)["model"])
         if ctx.params.rehearsal.per_task:
             shard = load_shard(paths.rehearsal(t))
             x, y = torch.cat([x, shard["images"]]), torch.cat([y, shard["labels"]])
-    else:
-        ema = EMA(model, p.ema_decay)
+    ema = EMA(model, p.ema_decay)  # every task's EMA starts from the live weights, as the reference's does
     steps = p.steps_first if t == 0 else p.steps_later
     ctx.split(min(p.batch_size, len(x)), "diffusion.batch_size")
     bar = progress(steps, f"diffusion@{t}")

@@ -22,7 +22,7 @@ def run(ctx: Context) -> None:
     t = ctx.task
     model, _ = ctx.load_classifier(ctx.final_classifier(t))
     acc = evaluate(model, ctx.data.test_x.to(ctx.device), ctx.data.test_y.to(ctx.device), ctx.tasks[: t + 1],
-                   num_seen=ctx.seen(), batch_size=ctx.params.evaluate.batch_size)
+                   batch_size=ctx.params.evaluate.batch_size)
     atomic_write_json(paths.evaluation(t), {"task": t, "accuracy": acc})
     print(f"after task {t}: " + ", ".join(f"task {i} {a:.3f}" for i, a in enumerate(acc)))
     log({f"accuracy/task{i}": a for i, a in enumerate(acc)}, step=t)

@@ -36,7 +36,7 @@ def run(ctx: Context) -> None:
     bar.close()
     every = [range(0, data.num_classes)]
     accuracy = evaluate(model, data.test_x.to(ctx.device), data.test_y.to(ctx.device), every,
-                        num_seen=data.num_classes, batch_size=p.batch_size)[0]
+                        batch_size=p.batch_size)[0]
     save_checkpoint(paths.ORACLE, {"model": model.state_dict()})
     atomic_write_json(paths.ORACLE_METRICS, {"test_accuracy": round(accuracy, 6), "steps": p.steps})
     print(f"oracle: test accuracy {accuracy:.4f} over all {data.num_classes} classes")

@@ -1,5 +1,7 @@
-"""Sample the self-rehearsal set of task t ≥ 1: `rehearsal.per_task` unguided images of every old
-task from diffusion(t−1)'s EMA weights, labels spread evenly over the old classes.
+"""Sample the self-rehearsal set of task t ≥ 1: unguided images of the old classes from diffusion(t−1)'s
+live weights (not its EMA), as the reference samples them: `rehearsal.per_task` per old task, drawn in
+whole batches of `rehearsal.batch_size` (so the total is rounded up to a whole batch), each image's
+label uniform over the old classes.
 
     python -m stages.rehearsal --task 1
     torchrun --nproc-per-node 4 -m stages.rehearsal --task 1   # batches split over 4 ranks, rank 0 writes
@@ -8,7 +10,9 @@ from __future__ import annotations
 
 import sys
 
-from guide.continual import generate, spread_labels
+import torch
+
+from guide.continual import generate
 from guide.io import save_shard, sha256_file
 from params import Params
 from stages import paths
@@ -20,14 +24,21 @@ def reads(p: Params, task: int, round: int | None = None) -> tuple[str, ...]:
     return (SEED, "data", *UNET, "rehearsal")
 
 
+def rehearsal_count(per_task: int, task: int, batch_size: int) -> int:
+    """How many images the rehearsal of task t samples: per_task·t, rounded up to whole batches (the
+    reference's sampling loop runs until it has at least that many, a batch at a time)."""
+    want = per_task * task
+    return -(-want // batch_size) * batch_size if want else 0
+
+
 def run(ctx: Context) -> None:
     p, t = ctx.params.rehearsal, ctx.task
     if t == 0:
         raise ParamsError("--task 0: task 0 has no old classes to rehearse")
-    old = range(0, ctx.seen(t - 1))
-    labels = spread_labels(p.per_task * t, old)
+    total = rehearsal_count(p.per_task, t, p.batch_size)
+    labels = torch.randint(0, ctx.seen(t - 1), (total,), generator=ctx.generator("labels"))
     schedule = ctx.schedule().respace(p.respacing)
-    model = ctx.load_unet(paths.diffusion(t - 1))
+    model = ctx.load_unet(paths.diffusion(t - 1), weights="model")
     bar, tick = sampling_bar(len(labels), p.batch_size, schedule.num_steps, f"rehearsal@{t}", ctx.world)
     images, _ = generate(model, schedule, labels.to(ctx.device), batch_size=p.batch_size, sampler=p.sampler,
                          eta=p.eta, generator=ctx.generator("noise"), callback=tick, world=ctx.world)

@@ -25,8 +25,14 @@ def test_two_sections_split_steps_per_section():
 
 
 def test_linear_and_cosine_schedules():
-    lin = NoiseSchedule.make("linear", 1000)
-    assert lin.betas[0].item() == pytest.approx(1e-4) and lin.betas[-1].item() == pytest.approx(0.02)
+    lin = NoiseSchedule.make("linear", 1000)  # the reference's: β₁ = 0.001, not DDPM's 1e-4
+    assert lin.betas[0].item() == pytest.approx(1e-3) and lin.betas[-1].item() == pytest.approx(0.02)
+    few = NoiseSchedule.make("linear", 5)  # below 10 steps: 100/T·0.01 … 100/T·0.02
+    assert few.betas[0].item() == pytest.approx(0.2) and few.betas[-1].item() == pytest.approx(0.4)
+    for T in (10, 19):  # the last β would pass 1
+        with pytest.raises(ValueError, match=f"num_timesteps={T}"):
+            NoiseSchedule.make("linear", T)
+    assert NoiseSchedule.make("linear", 20).betas[-1].item() == pytest.approx(1.0)
     cos = NoiseSchedule.make("cosine", 1000)
     f = lambda u: math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
     assert cos.alphas_cumprod[499].item() == pytest.approx(f(0.5) / f(0.0), rel=1e-6)
@@ -46,7 +52,7 @@ def test_forward_process_matches_closed_form():
     s = NoiseSchedule.make("linear", 1000)
     x0, noise = torch.randn(3, 1, 4, 4, dtype=torch.float64), torch.randn(3, 1, 4, 4, dtype=torch.float64)
     t = torch.tensor([0, 500, 999])
-    ab = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)[t].view(3, 1, 1, 1)
+    ab = torch.cumprod(1 - torch.linspace(1e-3, 0.02, 1000, dtype=torch.float64), 0)[t].view(3, 1, 1, 1)
     assert torch.allclose(s.q_sample(x0, t, noise), ab.sqrt() * x0 + (1 - ab).sqrt() * noise)
     # x̂₀ from the true noise recovers x₀; ε from x₀ recovers the noise
     xt = s.q_sample(x0, t, noise)

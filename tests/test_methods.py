@@ -108,3 +108,47 @@ def test_a_method_registered_once_is_known_to_params_the_graph_and_the_compariso
     names = {s.name for s in build_graph(p)}
     assert {"oracle", "diffusion-t0", "replay-t1-r0"} <= names
     assert compare.method_order(["joint", "toy", "gr"]) == ["gr", "toy", "joint"]
+
+
+def test_each_task_restarts_the_ema_and_rehearsal_samples_the_live_weights(tmp_path, monkeypatch):
+    """The reference's weights across tasks: diffusion(t) trains on from diffusion(t−1)'s live weights,
+    its EMA starts afresh from them (TrainLoop builds a new EMA every task), and self-rehearsal
+    samples those live weights (prev_model = deepcopy(model)), not the EMA. With ema_decay = 1 the EMA
+    never moves, so it is exactly the weights it started from."""
+    from guide.io import load_checkpoint, save_checkpoint
+    from stages import diffusion, rehearsal
+    from stages.rehearsal import rehearsal_count
+
+    monkeypatch.chdir(tmp_path)
+    p = preset("smoke", run={"method": "gr"}, diffusion={"ema_decay": 1.0},
+               rehearsal={"per_task": 20, "batch_size": 16})
+    (tmp_path / "params.yaml").write_text(dump_params(p))
+    assert diffusion.main(["--task", "0"]) == 0 and rehearsal.main(["--task", "1"]) == 0
+    d0 = load_checkpoint(paths.diffusion(0))
+    first = load_shard(paths.rehearsal(1))
+    assert len(first["labels"]) == rehearsal_count(20, 1, 16) == 32  # 20 rounded up to whole batches
+    assert set(first["labels"].tolist()) <= {0, 1}
+
+    assert diffusion.main(["--task", "1"]) == 0
+    d1 = load_checkpoint(paths.diffusion(1))
+    assert all(torch.equal(d1["ema"][k], d0["model"][k]) for k in d0["model"])  # restarted from the live weights
+    assert any(not torch.equal(d1["model"][k], d0["model"][k]) for k in d0["model"])
+
+    # rehearsal reads the live weights only: garbage in the EMA changes nothing, other live weights do
+    save_checkpoint(paths.diffusion(0), {**d0, "ema": {k: torch.zeros_like(v) for k, v in d0["ema"].items()}})
+    assert rehearsal.main(["--task", "1"]) == 0
+    assert torch.equal(load_shard(paths.rehearsal(1))["images"], first["images"])
+    save_checkpoint(paths.diffusion(0), {**d0, "model": d0["ema"]})
+    assert rehearsal.main(["--task", "1"]) == 0
+    assert not torch.equal(load_shard(paths.rehearsal(1))["images"], first["images"])
+
+
+def test_epoch_batches_visit_every_item_once_per_epoch_and_drop_the_rest():
+    from guide.continual import EpochBatches
+
+    b = EpochBatches(10, 3, torch.Generator().manual_seed(0))
+    epoch = torch.cat([b.next() for _ in range(3)])
+    assert sorted(epoch.tolist()) == sorted(set(epoch.tolist())) and len(epoch) == 9  # one left out
+    second = torch.cat([b.next() for _ in range(3)])
+    assert len(set(second.tolist())) == 9 and not torch.equal(second, epoch)  # a new shuffle
+    assert EpochBatches(2, 5, torch.Generator().manual_seed(0)).next().tolist() in ([0, 1], [1, 0])

@@ -28,6 +28,11 @@ def test_bad_params_name_the_field():
     assert "replay.rounds" in _err({"replay": {"rounds": 3}, "classifier": {"steps_later": 500}})
     assert "scale_max" in _err({"guidance": {"scale": 1.0, "scale_max": 0.5}})
     assert "diffusion.unet.precision:" in _err({"diffusion": {"unet": {"precision": "fp16"}}})
+    # the reference's linear schedule has no valid β for 10 ≤ T < 20 (β_T = 20/T > 1)
+    msg = _err({"diffusion": {"num_timesteps": 15}, "rehearsal": {"respacing": ""}, "replay": {"respacing": ""}})
+    assert "diffusion.num_timesteps: 15" in msg and "> 1" in msg
+    assert params_from_dict({"diffusion": {"num_timesteps": 15, "schedule": "cosine"}, "rehearsal": {"respacing": ""},
+                             "replay": {"respacing": ""}}).diffusion.num_timesteps == 15
 
 
 def test_every_preset_is_valid_and_round_trips():
