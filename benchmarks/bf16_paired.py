@@ -35,7 +35,7 @@ def main() -> None:
         summary = json.loads((folder / "metrics/summary.json").read_text())
         bf16[int(summary["seed"])] = summary
     seeds = sorted(set(fp32) & set(bf16))
-    print(f"bf16 − fp32, paired over seeds {seeds}: mean [95% Student-t interval] (seeds where bf16 is higher)\n")
+    print(f"bf16 − fp32, paired over seeds {seeds}: mean [95% Student-t interval] (seeds where bf16 is higher; a |Δ| ≤ 1e-6 is a tie, counted apart)\n")
     print("| metric | " + " | ".join(f"seed {s}" for s in seeds) + " | mean [95% interval] |")
     print("|---" * (len(seeds) + 2) + "|")
     for name, (column, path) in METRICS.items():
@@ -47,7 +47,7 @@ def main() -> None:
             diffs.append(float(value) - float(fp32[s][column]))
         p = paired_ci(diffs)
         cells = " | ".join(f"{d:+.3f}" for d in diffs)
-        print(f"| {name} | {cells} | {p} ({p.wins}/{p.n}){' *' if p.significant else ''} |")
+        print(f"| {name} | {cells} | {p} ({p.count}){' *' if p.significant else ''} |")
 
 
 if __name__ == "__main__":

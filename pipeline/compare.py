@@ -38,7 +38,7 @@ from guide.io import atomic_path, atomic_write_json, atomic_write_text
 from guide.metrics import HEADLINE
 from params import PRESETS, dump_params, preset
 from pipeline import tool_env
-from pipeline.stats import paired_ci, paired_differences
+from pipeline.stats import paired_ci, paired_differences, seeds_higher
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = HEADLINE
@@ -185,7 +185,7 @@ def summarize(runs: list[dict], baseline: str = BASELINE) -> pd.DataFrame:
             if len(d):
                 ci = paired_ci(d)
                 row.update(delta=ci.mean, delta_low=ci.low, delta_high=ci.high, higher_seeds=ci.wins,
-                           paired_seeds=ci.n, significant=ci.significant)
+                           tied_seeds=ci.ties, paired_seeds=ci.n, significant=ci.significant)
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -196,7 +196,8 @@ def report_markdown(table: pd.DataFrame, baseline: str = BASELINE) -> str:
         if pd.isna(r.get("delta", float("nan"))):
             return "—"
         ci = f"{r.delta:+.3f} [{r.delta_low:+.3f}, {r.delta_high:+.3f}]" if r.paired_seeds > 1 else f"{r.delta:+.3f}"
-        return f"{ci}{' *' if r.significant else ''} ({int(r.higher_seeds)}/{int(r.paired_seeds)})"
+        tied = int(r.get("tied_seeds", 0) or 0)
+        return f"{ci}{' *' if r.significant else ''} ({seeds_higher(int(r.higher_seeds), int(r.paired_seeds), tied)})"
 
     def cell_abs(r) -> str:
         return f"{r['mean']:.3f} ± {r['std']:.3f}" if r.seeds > 1 else f"{r['mean']:.3f}"
@@ -211,7 +212,7 @@ def report_markdown(table: pd.DataFrame, baseline: str = BASELINE) -> str:
         n = int(table["paired_seeds"].max())
         out += [f"Paired by seed, Δ = method − {baseline} on the same seed (same diffusion model for the replay "
                 f"methods): mean [95% Student-t interval] over {n} seeds, * where the interval excludes 0, "
-                f"(seeds where the method's value is higher / seeds). Lower forgetting is better.\n",
+                f"(seeds where the method's value is higher / seeds; a |Δ| ≤ 1e-6 is a tie, counted apart). Lower forgetting is better.\n",
                 markdown(frame)]
     frame = pd.DataFrame(index=pd.Index(method_order(table.method), name="method"))
     for k in METRICS:

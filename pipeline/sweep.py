@@ -43,7 +43,7 @@ from guide.mechanism import STATS
 from guide.metrics import HEADLINE
 from params import PRESETS, ParamsError, dump_params, load_params, preset
 from pipeline.compare import RAN, RESTORED, ROOT, _env, markdown, read_runs, scratch_repo
-from pipeline.stats import paired_ci
+from pipeline.stats import paired_ci, seeds_higher
 
 SCALES = (0.0, 0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 3.0)  # 0 = gr; well below and above the default; 0.5 = CIFAR-10/5
 RANGES = ((0.0, 0.2),)  # per-sample U[scale, scale_max] as the reference can draw them; mean = the default
@@ -202,7 +202,8 @@ def aggregate(rows: list[dict]) -> pd.DataFrame:
             if paired:
                 ci = paired_ci(paired)
                 row.update({f"delta_{k}": ci.mean, f"delta_{k}_low": ci.low, f"delta_{k}_high": ci.high,
-                            f"delta_{k}_higher": ci.wins, f"delta_{k}_seeds": ci.n})
+                            f"delta_{k}_higher": ci.wins, f"delta_{k}_tied": ci.ties,
+                            f"delta_{k}_seeds": ci.n})
         for k in MECHANISM:
             row[f"guided_{k}"] = g[f"guided_{k}"].mean()
             row[f"unguided_{k}"] = g[f"unguided_{k}"].mean()
@@ -222,7 +223,8 @@ def sweep_markdown(table: pd.DataFrame) -> str:
         lo, hi = r[f"delta_{k}_low"], r[f"delta_{k}_high"]
         star = " *" if lo > 0 or hi < 0 else ""
         ci = f" [{lo:+.3f}, {hi:+.3f}]" if not math.isnan(lo) else ""
-        return f"{m:+.3f}{ci}{star} ({int(r[f'delta_{k}_higher'])}/{int(r[f'delta_{k}_seeds'])})"
+        tied = int(r.get(f"delta_{k}_tied", 0) or 0)
+        return f"{m:+.3f}{ci}{star} ({seeds_higher(int(r[f'delta_{k}_higher']), int(r[f'delta_{k}_seeds']), tied)})"
 
     frame = pd.DataFrame(index=pd.Index(table.point, name="scale"))
     frame["final acc."] = [f"{v:.3f}" for v in table.final_average_accuracy]
@@ -235,7 +237,7 @@ def sweep_markdown(table: pd.DataFrame) -> str:
         f"{r.guided_oracle_label_prob:.3f} / {r.unguided_oracle_label_prob:.3f}" for _, r in table.iterrows()]
     frame["seeds"] = table.seeds.astype(int).tolist()
     return ("Δ = value at the point − value at scale 0 (unguided, = gr) on the same seed: mean [95% Student-t "
-            "interval] over seeds, * where the interval excludes 0, (seeds higher / seeds). Mechanism columns: "
+            "interval] over seeds, * where the interval excludes 0, (seeds higher / seeds; a |Δ| ≤ 1e-6 is a tie, counted apart). Mechanism columns: "
             "replay of every task averaged, guided and its unguided twin from the same noise.\n\n" + markdown(frame))
 
 

@@ -107,3 +107,14 @@ def test_compare_with_no_methods_tabulates_the_included_runs_alone(tmp_path):
     record = json.loads((tmp_path / "out" / "runs.json").read_text())
     assert len(record["runs"]) == 4 and record["included"] == [a, b]
     assert "| joint | +0.085 [" in (tmp_path / "out" / "summary.md").read_text()  # (0.08 + 0.09) / 2
+
+
+def test_a_difference_within_float_noise_is_a_tie_counted_apart():
+    ci = paired_ci([0.01, 5e-7, -3e-7, 0.0, -0.02])
+    assert (ci.wins, ci.ties, ci.n) == (1, 3, 5) and ci.count == "1/5, 3 tied"
+    assert paired_ci([0.01, 0.02]).count == "2/2"  # no ties: nothing added
+    runs = [{"method": m, "seed": s, "final_average_accuracy": 0.5 + (1e-7 if m == "guide" and s else 0),
+             "average_incremental_accuracy": 0.5, "forgetting": 0.1} for s in range(3) for m in ("gr", "guide")]
+    runs[1]["final_average_accuracy"] = 0.6  # guide, seed 0: really higher
+    md = report_markdown(summarize(runs))
+    assert "(1/3, 2 tied)" in md.split("\n| guide |")[1].split("\n")[0]
