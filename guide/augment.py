@@ -102,7 +102,8 @@ class Rotation:
         cos, sin = rad.cos(), rad.sin()
         # kornia maps a source pixel u to c + R(u − c), R = [[cos, sin], [−sin, cos]] in (x, y) pixel
         # coordinates; grid_sample wants the inverse map in align_corners=True normalised coordinates,
-        # where a pixel offset d from the centre is d·2/(side − 1): θ = S Rᵀ S⁻¹, S = diag(2/(W−1), 2/(H−1)).
+        # where a pixel offset d from the centre is d·2/(side − 1):
+        # θ = S Rᵀ S⁻¹, S = diag(2/(W−1), 2/(H−1)).
         sx, sy = 2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)
         theta = torch.zeros(len(angles), 2, 3, dtype=torch.float64)
         theta[:, 0, 0], theta[:, 0, 1] = cos, -sin * sx / sy
