@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from guide.augment import DIFFUSION_HFLIP
 from guide.diffusion import EMA, NoiseSchedule, epsilon_loss
 from guide.distributed import World
 from guide.samplers import Callback, sample, skip
@@ -89,9 +90,8 @@ def train_diffusion(model: nn.Module, ema: EMA, schedule: NoiseSchedule, x: Tens
     for step in range(steps):
         idx = batches.next()
         xb, yb = x[idx], y[idx]
-        if hflip:
-            flip = torch.rand(len(xb), generator=generator) < 0.5
-            xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
+        if hflip:  # the reference's RandomHorizontalFlip() under --train_aug: p = 0.5 per image
+            xb = DIFFUSION_HFLIP(xb, generator)
         loss = epsilon_loss(net, schedule, xb, yb, generator, part)
         opt.zero_grad(set_to_none=True)
         loss.backward()
