@@ -774,13 +774,13 @@ def _capture_cifar10_transforms(ref):
 
 # How each colour-jitter implementation changes pixels (from kornia 0.7.1's ColorJiggle.apply_transform
 # and torchvision's functional adjust_*): the parameters alone do not say it.
-JITTER_SEMANTICS = {
-    "kornia.ColorJiggle": {"brightness": "add factor-1", "contrast": "multiply pixels by factor",
-                           "saturation": "scale HSV saturation", "order": "one permutation per batch"},
-    "kornia.ColorJitter": {"brightness": "multiply by factor", "contrast": "blend with grey mean",
-                           "saturation": "blend with greyscale", "order": "one permutation per batch"},
-    "torchvision.ColorJitter": {"brightness": "multiply by factor", "contrast": "blend with grey mean",
-                                "saturation": "blend with greyscale", "order": "one permutation per image"},
+JITTER_SEMANTICS = {  # keyed apart from the numeric ranges ("brightness": [lo, hi]) they describe
+    "kornia.ColorJiggle": {"brightness_op": "add factor-1", "contrast_op": "multiply pixels by factor",
+                           "saturation_op": "scale HSV saturation", "order": "one permutation per batch"},
+    "kornia.ColorJitter": {"brightness_op": "multiply by factor", "contrast_op": "blend with grey mean",
+                           "saturation_op": "blend with greyscale", "order": "one permutation per batch"},
+    "torchvision.ColorJitter": {"brightness_op": "multiply by factor", "contrast_op": "blend with grey mean",
+                                "saturation_op": "blend with greyscale", "order": "one permutation per image"},
 }
 
 
