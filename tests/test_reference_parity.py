@@ -49,10 +49,6 @@ KNOWN = {
                   "(brightness multiplies, contrast blends with the mean, saturation blends with grey, order per "
                   "image); the reference's kornia ColorJiggle adds brightness−1, multiplies pixels for contrast, "
                   "scales HSV saturation, one order per batch",
-    "imagenet_preprocess": "issue 22 (7): ours resizes ImageNet images bilinearly to 64 (guide/data.py _load_image); "
-                           "the reference (dataloaders/base.py ImageNet100) does Resize((76, 76)) + CenterCrop(64)",
-    "imagenet_order": "issue 22 (7): ours orders ImageNet-100 classes as imagenet100_classes.txt lists them; the "
-                      "reference's ImageFolder sorts the class folder names",
 }
 
 
@@ -432,7 +428,6 @@ def test_augmentation_output_statistics(stat):
 
 # --- ImageNet-100 -------------------------------------------------------------------------------
 
-@known("imagenet_preprocess")
 def test_imagenet_preprocessing(tmp_path):
     from PIL import Image
 
@@ -446,7 +441,6 @@ def test_imagenet_preprocessing(tmp_path):
     assert_close(ours, theirs, dict(atol=1e-6, rtol=0))
 
 
-@known("imagenet_order")
 def test_imagenet_class_order():
     from guide.data import imagenet100_classes
 
