@@ -11,8 +11,10 @@ Datasets (`DATASETS`):
                   (/usr/share/datasets/fashion-mnist/{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz).
   cifar10         torchvision layout: root/cifar-10-batches-py/{data_batch_1..5,test_batch}.
   cifar100        torchvision layout: root/cifar-100-python/{train,test}.
-  imagenet100_64  ImageFolder layout root/imagenet100_64/{train,val}/<wnid>/*.png|JPEG|jpg at
-                  64x64 for the 100 wnids in imagenet100_classes.txt (the CMC ImageNet-100 list).
+  imagenet100_64  ImageFolder layout root/imagenet100_64/{train,val}/<wnid>/*.png|JPEG|jpg (any size,
+                  e.g. the original ImageNet files) for the 100 wnids in imagenet100_classes.txt
+                  (the CMC ImageNet-100 list). Preprocessed as the reference does: resize to 76x76,
+                  centre crop 64x64; labels follow the sorted wnids (ImageFolder's order).
   synthetic       class-specific blob + stripe templates with noise, generated from a seed (tests).
 
 The default root for cifar10/cifar100/imagenet100_64 is $GUIDE_DATA_ROOT, else ./data.
@@ -107,6 +109,10 @@ def load_dataset(name: str, root: str | Path | None = None, image_size: int | No
     # Each loader gets root as given (None means its own default).
     loaders = {"mnist5k": load_mnist5k, "fashion_mnist": load_fashion_mnist, "cifar10": load_cifar10,
                "cifar100": load_cifar100, "imagenet100_64": load_imagenet100_64}
+    if name == "imagenet100_64" and image_size is not None:
+        # another size is preprocessed from the source files at that size (imagenet_crop), not
+        # resized from the 64x64 crops: the reference's 128 and 224 variants do the same
+        return load_imagenet100_64(root, size=image_size)
     dataset = loaders[name](root)
     if image_size is not None and image_size != dataset.image_size:
         dataset = replace(dataset, train_x=resize(dataset.train_x, image_size),
@@ -281,28 +287,44 @@ def load_cifar100(root: str | Path | None = None) -> ImageDataset:
 
 
 def imagenet100_classes() -> list[str]:
-    """The 100 pinned wnids (CMC ImageNet-100 list, file order = label order)."""
+    """The 100 pinned wnids (CMC ImageNet-100 list), sorted: label i is the i-th of them, the order
+    torchvision's ImageFolder gives the class folders (the reference loads ImageNet-100 with it)."""
     wnids = [line.strip() for line in IMAGENET100_CLASSES_FILE.read_text().splitlines() if line.strip()]
     if len(wnids) != 100 or len(set(wnids)) != 100:
         raise ValueError(f"{IMAGENET100_CLASSES_FILE} must list 100 distinct wnids, found {len(wnids)}")
-    return wnids
+    return sorted(wnids)
+
+
+# The reference's ImageNet-100 preprocessing at 64x64 (dataloaders/base.py ImageNet100): resize the
+# whole image to 76x76 (aspect ratio not kept), then take the central 64x64.
+IMAGENET_RESIZE, IMAGENET_CROP = 76, 64
+
+
+def imagenet_crop(size: int) -> tuple[int, int]:
+    """(resize, crop) for ImageNet images of `size`: the 76/64 ratio kept, rounded (64 -> 76,
+    128 -> 152, 224 -> 266: the reference's ImageNet100, ImageNet100128 and ImageNet100224)."""
+    return round(size * IMAGENET_RESIZE / IMAGENET_CROP), size
 
 
 def _load_image(path: Path, size: int) -> np.ndarray:
-    """One image file -> uint8 [3, size, size] (converted to RGB, resized only if not already size x size)."""
+    """One image file -> uint8 [3, size, size]: converted to RGB, resized to imagenet_crop(size)[0]
+    square with PIL's bilinear filter (what torchvision's Resize does to a PIL image), then the
+    centre size x size cut out with torchvision CenterCrop's offsets (round((R - size) / 2))."""
     from PIL import Image  # Pillow comes with torchvision; imported lazily.
 
+    resize, crop = imagenet_crop(size)
     with Image.open(path) as image:
-        image = image.convert("RGB")
-        if image.size != (size, size):
-            image = image.resize((size, size), Image.BILINEAR)
+        image = image.convert("RGB").resize((resize, resize), Image.BILINEAR)
+        top = left = int(round((resize - crop) / 2.0))
+        image = image.crop((left, top, left + crop, top + crop))
         return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)
 
 
 def load_imagenet100_64(root: str | Path | None = None, size: int = 64) -> ImageDataset:
-    """ImageNet-100 at 64x64 from root/imagenet100_64/{train,val}/<wnid>/*.{png,JPEG,jpg}.
+    """ImageNet-100 from root/imagenet100_64/{train,val}/<wnid>/*.{png,JPEG,jpg}, every image resized
+    and centre-cropped to size x size as the reference does (_load_image; 64: resize 76, crop 64).
 
-    Label i is the i-th wnid of imagenet100_classes.txt; the val split serves as the test split.
+    Label i is the i-th of the sorted wnids (imagenet100_classes); the val split serves as the test split.
     """
     base = (default_root() if root is None else Path(root)) / "imagenet100_64"
     wnids = imagenet100_classes()

@@ -13,18 +13,23 @@ _REFERENCE_UNET = {k: v for k, v in CIFAR10_REFERENCE_UNET.items() if k in UNetP
 
 def _reference(dataset: str, tasks: int, diff_steps: tuple[int, int], rehearsal: int, scale: float,
                replay_respacing: str, lr: tuple[float, float], cls_steps: tuple[int, int],
-               interval: int) -> dict:
-    """A CIFAR benchmark as the reference runs it: guidance regenerated inside the classifier loop."""
+               interval: int, batch: int = 256) -> dict:
+    """A benchmark as the reference README's two commands run it (diffusion, then GUIDE classifier;
+    tests/test_presets_reference.py holds every key against them): guidance regenerated inside the
+    classifier loop. `batch` is both commands' --batch_size."""
     return {
         "run": {"device": "auto"},
         "data": {"dataset": dataset, "num_tasks": tasks, "image_size": None},
         "diffusion": {"unet": _REFERENCE_UNET, "steps_first": diff_steps[0], "steps_later": diff_steps[1],
-                      "batch_size": 256, "lr": 2e-4, "ema_decay": 0.9999, "hflip": True, "train_last_task": True},
-        "rehearsal": {"per_task": rehearsal, "sampler": "ddpm", "respacing": "", "batch_size": 250},
-        "replay": {"sampler": "ddim", "respacing": replay_respacing, "rounds": 1},
+                      "batch_size": batch, "lr": 2e-4, "ema_decay": 0.9999, "hflip": True, "train_last_task": True},
+        # the diffusion command's --timestep_respacing=1000 --use_ddim=False: DDPM over every step, in
+        # batches of min(gr_n_generated_examples_per_task, batch_size)
+        "rehearsal": {"per_task": rehearsal, "sampler": "ddpm", "respacing": "", "batch_size": min(rehearsal, batch)},
+        # the reference samples each replay batch (≤ batch·t/(t+1) images) in one go
+        "replay": {"sampler": "ddim", "respacing": replay_respacing, "rounds": 1, "batch_size": batch},
         "guidance": {"scale": scale, "mode": "online"},
         "classifier": {"arch": "resnet18", "lr_first": lr[0], "lr_later": lr[1], "steps_first": cls_steps[0],
-                       "steps_later": cls_steps[1], "interval": interval, "batch_size": 256,
+                       "steps_later": cls_steps[1], "interval": interval, "batch_size": batch,
                        "augmentation": "reference"},
         "oracle": {"steps": cls_steps[0] * tasks, "lr": lr[0], "batch_size": 256},  # judges replay only
     }
@@ -66,12 +71,16 @@ _OVERRIDES: dict[str, dict] = {
 # Fashion-MNIST/5 with the default run's 2-core sizing (files from the Debian package dataset-fashion-mnist).
 _OVERRIDES["fashion_mnist5"] = _merge(_OVERRIDES["mnist5k"], {"data": {"dataset": "fashion_mnist"}})
 _OVERRIDES["imagenet100_64_5"] = _reference("imagenet100_64", 5, (100_000, 50_000), 26_000, 1.0, "ddim50",
-                                            (0.1, 0.001), (20000, 20000), 15)
+                                            (0.1, 0.001), (20000, 20000), 15, batch=100)
+# the ImageNet100-64/5 commands' UNet (both pass the same flags); channel_mult (1, 2, 3, 4) is the
+# reference's default for 64×64
 _OVERRIDES["imagenet100_64_5"]["diffusion"].update(
-    unet={**_REFERENCE_UNET, "model_channels": 192, "channel_mult": [1, 2, 3, 4], "attention_resolutions": [32, 16, 8]},
-    batch_size=100, lr=1e-4)
+    unet={**_REFERENCE_UNET, "model_channels": 192, "channel_mult": [1, 2, 3, 4], "attention_resolutions": [32, 16, 8],
+          "num_head_channels": 64, "resblock_updown": True, "use_new_attention_order": True},
+    lr=1e-4, train_respacing="ddim250")  # its diffusion command trains on the ddim250 chain
+# ... and samples the rehearsal set with DDIM on that chain (--timestep_respacing=ddim250 --use_ddim=True)
 _OVERRIDES["imagenet100_64_5"]["rehearsal"].update(sampler="ddim", respacing="ddim250")
-_OVERRIDES["imagenet100_64_5"]["classifier"]["augmentation"] = "none"
+_OVERRIDES["imagenet100_64_5"]["classifier"]["augmentation"] = "none"  # --classifier_augmentation=False
 
 PRESETS = tuple(_OVERRIDES)
 

@@ -105,8 +105,18 @@ class Diffusion(Group):
     weight_decay: float = Field(0.0, ge=0)
     ema_decay: float = Field(0.995, ge=0, le=1)
     hflip: bool = False  # horizontal-flip augmentation (the reference's default for CIFAR: true)
+    # the chain the network is trained on: "" every step of num_timesteps; "ddimN" or section counts
+    # train on that respaced chain (t uniform over its kept steps, β respaced, the network given the
+    # original timestep), as the reference's ImageNet command does (--timestep_respacing=ddim250)
+    train_respacing: str = ""
     # structural: diffusion(T−1) feeds no classifier; the reference trains it anyway (its presets: true)
     train_last_task: bool = False
+
+    @field_validator("train_respacing", mode="before")
+    @classmethod
+    def _respacing_text(cls, v):
+        # `-S diffusion.train_respacing=250` reaches params.yaml as an integer
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
 class Sampling(Group):
@@ -211,17 +221,18 @@ class Params(Group):
         if self.diffusion.schedule == "linear" and 10 <= T < 20:
             raise ValueError(f"diffusion.num_timesteps: {T}: the linear schedule's last β would be {20 / T:.3g} > 1 "
                              f"(it needs fewer than 10 or at least 20 steps, as the reference's does)")
-        for group in ("rehearsal", "replay"):
-            spec = getattr(self, group).respacing
+        for field, spec in (("diffusion.train_respacing", self.diffusion.train_respacing),
+                            ("rehearsal.respacing", self.rehearsal.respacing),
+                            ("replay.respacing", self.replay.respacing)):
             n = self.diffusion.num_timesteps
             try:
                 steps = respaced_timesteps(n, spec)
             except ValueError as err:  # a section too small, no stride that fits, or not a number
                 why = str(err).split(": ", 1)[-1] if str(err).startswith("respacing") else (
                     "expected 'ddimN', section counts like '250' or '10,20', or '' for every step")
-                raise ValueError(f"{group}.respacing: {spec!r}: {why} (diffusion.num_timesteps={n})") from None
+                raise ValueError(f"{field}: {spec!r}: {why} (diffusion.num_timesteps={n})") from None
             if not steps:
-                raise ValueError(f"{group}.respacing: {spec!r} gives no sampling steps (diffusion.num_timesteps={n})")
+                raise ValueError(f"{field}: {spec!r} gives no steps (diffusion.num_timesteps={n})")
         if self.classifier.steps_later % self.replay.rounds:
             raise ValueError(f"replay.rounds: classifier.steps_later={self.classifier.steps_later} is not "
                              f"divisible by {self.replay.rounds} rounds")

@@ -25,7 +25,8 @@ def reads(p: Params, task: int, round: int | None = None) -> tuple[str, ...]:
     """The params keys (or groups) this stage reads: the graph declares them to DVC."""
     steps = "diffusion.steps_first" if task == 0 else "diffusion.steps_later"
     return (SEED, "data", *UNET, steps, "diffusion.batch_size", "diffusion.lr", "diffusion.weight_decay",
-            "diffusion.ema_decay", "diffusion.hflip", *(("rehearsal.per_task",) if task > 0 else ()))
+            "diffusion.ema_decay", "diffusion.hflip", "diffusion.train_respacing",
+            *(("rehearsal.per_task",) if task > 0 else ()))
 
 
 def run(ctx: Context) -> None:
@@ -48,7 +49,10 @@ def run(ctx: Context) -> None:
         if step % 50 == 0 or step == steps:
             log({"diffusion/loss": loss}, step=step)
 
-    losses = train_diffusion(model, ema, ctx.schedule(), x.to(ctx.device), y.to(ctx.device), steps=steps,
+    schedule = ctx.schedule()
+    if p.train_respacing:  # the reference's ImageNet run trains on its ddim250 chain
+        schedule = schedule.respace(p.train_respacing)
+    losses = train_diffusion(model, ema, schedule, x.to(ctx.device), y.to(ctx.device), steps=steps,
                              batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, hflip=p.hflip,
                              generator=ctx.generator("train"), world=ctx.world, callback=step_done)
     bar.close()

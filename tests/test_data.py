@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from guide.data import (DATASETS, FASHION_MNIST_DIR, MNIST5K_TEST_PER_CLASS, DatasetNotFoundError, ImageDataset,
-                        imagenet100_classes, load_dataset, mnist5k_path, read_idx, relabel, task_classes, task_subset)
+                        imagenet100_classes, imagenet_crop, load_dataset, mnist5k_path, read_idx, relabel, task_classes, task_subset)
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +208,13 @@ def test_cifar_pickles_in_torchvision_layout_load(tmp_path):
 def test_imagenet100_list_is_pinned():
     wnids = imagenet100_classes()
     assert len(wnids) == len(set(wnids)) == 100
-    assert wnids[:3] == ["n02869837", "n01749939", "n02488291"] and wnids[-1] == "n02090622"
+    assert wnids == sorted(wnids)  # ImageFolder's order, as the reference labels them
+    assert wnids[:3] == ["n01558993", "n01692333", "n01729322"] and wnids[-1] == "n13040303"
+
+
+def test_imagenet_crop_keeps_the_reference_ratio():
+    # the reference's ImageNet100 / ImageNet100128 / ImageNet100224 transforms
+    assert [imagenet_crop(s) for s in (64, 128, 224)] == [(76, 64), (152, 128), (266, 224)]
 
 
 def test_imagenet100_image_folder_layout(tmp_path):
@@ -227,6 +233,9 @@ def test_imagenet100_image_folder_layout(tmp_path):
     assert d.num_classes == 100 and d.class_names == wnids and d.test_y.tolist() == list(range(100))
     assert torch.allclose(d.test_x[5], torch.full((3, 64, 64), 5 / 127.5 - 1))
     # A missing class folder is reported by name.
+    # Another size is cut from the source files at that size (resize 19, centre crop 16).
+    small = load_dataset("imagenet100_64", root=tmp_path, image_size=16)
+    assert small.train_x.shape == (101, 3, 16, 16) and torch.allclose(small.test_x[5], d.test_x[5, :, :16, :16])
     (base / "val" / wnids[7] / "a.png").unlink()
     (base / "val" / wnids[7]).rmdir()
     with pytest.raises(DatasetNotFoundError, match=f"val/{wnids[7]}"):

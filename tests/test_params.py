@@ -50,6 +50,7 @@ def test_reference_presets_follow_the_reference_table():
     i = preset("imagenet100_64_5")
     assert (i.diffusion.batch_size, i.diffusion.lr, i.diffusion.unet.model_channels) == (100, 1e-4, 192)
     assert i.diffusion.unet.attention_resolutions == (32, 16, 8) and i.classifier.augmentation == "none"
+    assert (i.classifier.batch_size, i.diffusion.train_respacing, i.diffusion.unet.num_head_channels) == (100, "ddim250", 64)
     assert preset("cifar100_10").guidance.scale == 1.0
 
 

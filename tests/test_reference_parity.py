@@ -8,9 +8,10 @@ differently, a fused kernel here and q, k each scaled by ch^-¼ there); learning
 accuracies and op parameters atol 1e-6; counts and timestep lists exactly. Set GUIDE_PARITY_PRINT=1 (with -s) to
 print each case's max |ours − reference|.
 
-Every known difference from the reference is a strict xfail carrying its reason (`KNOWN`), so the
-list below is the executable list of differences: fixing one turns its xfail into an XPASS failure,
-and the mark comes off with the fix.
+A difference found and not yet fixed is recorded as a strict xfail carrying its reason (`KNOWN`,
+`known(...)`), so that dict is the executable list of open differences: fixing one turns its xfail
+into an XPASS failure, and the mark comes off with the fix. It is empty: every difference the
+harness found is fixed (issue 22).
 """
 from __future__ import annotations
 
@@ -39,12 +40,7 @@ _spec.loader.exec_module(H)  # the harness's shared helpers (seeded weights, con
 SCHED = dict(atol=1e-12, rtol=0.0)
 NET = dict(atol=2e-5, rtol=1e-5)
 
-KNOWN = {
-    "imagenet_preprocess": "issue 22 (7): ours resizes ImageNet images bilinearly to 64 (guide/data.py _load_image); "
-                           "the reference (dataloaders/base.py ImageNet100) does Resize((76, 76)) + CenterCrop(64)",
-    "imagenet_order": "issue 22 (7): ours orders ImageNet-100 classes as imagenet100_classes.txt lists them; the "
-                      "reference's ImageFolder sorts the class folder names",
-}
+KNOWN: dict[str, str] = {}  # reason key -> what differs, where (none open)
 
 
 def known(reason: str):
@@ -427,7 +423,6 @@ def test_augmentation_output_statistics(stat):
 
 # --- ImageNet-100 -------------------------------------------------------------------------------
 
-@known("imagenet_preprocess")
 def test_imagenet_preprocessing(tmp_path):
     from PIL import Image
 
@@ -441,7 +436,6 @@ def test_imagenet_preprocessing(tmp_path):
     assert_close(ours, theirs, dict(atol=1e-6, rtol=0))
 
 
-@known("imagenet_order")
 def test_imagenet_class_order():
     from guide.data import imagenet100_classes
 
