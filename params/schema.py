@@ -75,6 +75,11 @@ class Data(Group):
     synthetic: Synthetic = Synthetic()  # used only when dataset is "synthetic"
 
 
+def _respacing_as_text(v):
+    """`-S replay.respacing=250` reaches params.yaml as an integer: a respacing is text."""
+    return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+
 class UNetParams(Group):
     model_channels: PositiveInt = 32
     num_res_blocks: PositiveInt = 1
@@ -112,11 +117,8 @@ class Diffusion(Group):
     # structural: diffusion(T−1) feeds no classifier; the reference trains it anyway (its presets: true)
     train_last_task: bool = False
 
-    @field_validator("train_respacing", mode="before")
-    @classmethod
-    def _respacing_text(cls, v):
-        # `-S diffusion.train_respacing=250` reaches params.yaml as an integer
-        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+    _respacing_text = field_validator("train_respacing", mode="before")(classmethod(
+        lambda cls, v: _respacing_as_text(v)))
 
 
 class Sampling(Group):
@@ -125,11 +127,7 @@ class Sampling(Group):
     eta: float = Field(0.0, ge=0)
     batch_size: PositiveInt = 100  # images per sampling batch
 
-    @field_validator("respacing", mode="before")
-    @classmethod
-    def _respacing_text(cls, v):
-        # `-S replay.respacing=250` reaches params.yaml as an integer
-        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+    _respacing_text = field_validator("respacing", mode="before")(classmethod(lambda cls, v: _respacing_as_text(v)))
 
 
 class Rehearsal(Sampling):
@@ -224,15 +222,14 @@ class Params(Group):
         for field, spec in (("diffusion.train_respacing", self.diffusion.train_respacing),
                             ("rehearsal.respacing", self.rehearsal.respacing),
                             ("replay.respacing", self.replay.respacing)):
-            n = self.diffusion.num_timesteps
             try:
-                steps = respaced_timesteps(n, spec)
+                steps = respaced_timesteps(T, spec)
             except ValueError as err:  # a section too small, no stride that fits, or not a number
                 why = str(err).split(": ", 1)[-1] if str(err).startswith("respacing") else (
                     "expected 'ddimN', section counts like '250' or '10,20', or '' for every step")
-                raise ValueError(f"{field}: {spec!r}: {why} (diffusion.num_timesteps={n})") from None
+                raise ValueError(f"{field}: {spec!r}: {why} (diffusion.num_timesteps={T})") from None
             if not steps:
-                raise ValueError(f"{field}: {spec!r} gives no steps (diffusion.num_timesteps={n})")
+                raise ValueError(f"{field}: {spec!r} gives no steps (diffusion.num_timesteps={T})")
         if self.classifier.steps_later % self.replay.rounds:
             raise ValueError(f"replay.rounds: classifier.steps_later={self.classifier.steps_later} is not "
                              f"divisible by {self.replay.rounds} rounds")
