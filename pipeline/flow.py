@@ -79,6 +79,7 @@ class Repository:
     def __init__(self, root: str):
         self.root = root
         self._mutex = threading.Lock()
+        self._initial: dict | None = None  # every stage's status when the flow started (see `changes`)
 
     def __enter__(self) -> "Repository":
         from dvc.lock import LockError
@@ -99,15 +100,26 @@ class Repository:
         self.repo.close()
         return False
 
-    def status(self, name: str) -> dict:
+    def status(self, name: str | None = None) -> dict:
+        """DVC's status of stage `name`, or of every stage (one read of dvc.yaml and dvc.lock)."""
         with self._mutex:
             self.repo._reset()  # what earlier commits wrote, not a cached index
-            return self.repo.status(targets=[name])
+            return self.repo.status(targets=[name] if name else None)
 
-    def changes(self, name: str) -> str:
-        """What DVC finds changed for stage `name`, as one line ("" when it is up to date)."""
-        changed = self.status(name)
-        return json.dumps(changed.get(name, changed), default=str) if changed else ""
+    def changes(self, name: str, fresh_upstream: bool = False) -> str:
+        """What DVC finds changed for stage `name`, as one line ("" when it is up to date).
+        `fresh_upstream`: no stage upstream of it has run in this flow, so the status of every
+        stage read once at the start still holds for it (the flow holds the repository lock, and only
+        a stage that runs changes files) — DVC reads its two YAML files once, not once per stage
+        (0.4 s a stage on the smoke graph)."""
+        if fresh_upstream:
+            if self._initial is None:
+                self._initial = self.status()
+            changed = self._initial.get(name)
+        else:
+            changed = self.status(name)
+            changed = changed.get(name, changed) if changed else None
+        return json.dumps(changed, default=str) if changed else ""
 
     def commit(self, name: str) -> None:
         with self._mutex:
@@ -269,7 +281,7 @@ def guide_pipeline(root: str = ".", params_path: str = "params.yaml", workers: i
                 if any(u is not None and u not in ("ran", "fresh") for u in ups):
                     outcome[st.name] = "not run"
                 elif all(u is not None for u in ups):
-                    changed = repo.changes(st.name)
+                    changed = repo.changes(st.name, fresh_upstream=all(u == "fresh" for u in ups))
                     remote = None
                     if commit is not None and changed:
                         upstream = [by_name[u] for u in st.upstream]

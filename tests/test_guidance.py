@@ -87,14 +87,14 @@ MEMORY_SCRIPT = textwrap.dedent("""
     from guide.guidance import ClassGuidance
     from guide.samplers import ddim_sample
     torch.manual_seed(0)
-    unet = UNet(image_size=32, in_channels=3, model_channels=32, out_channels=3, num_res_blocks=2,
+    unet = UNet(image_size=16, in_channels=3, model_channels=16, out_channels=3, num_res_blocks=1,
                 attention_resolutions=(16,), channel_mult=(1, 2, 2), num_classes=10).eval()
     cls = SmallCNN(num_classes=10, in_channels=3, width=32).eval()
     steps = int(sys.argv[1])
     s = NoiseSchedule.make("linear", 1000).respace(f"ddim{steps}")
     g = ClassGuidance(cls, "new", torch.full((16,), 1.0), num_seen=10, current=range(8, 10))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    ddim_sample(unet, s, torch.randn(16, 3, 32, 32), torch.arange(16) % 8, guidance=g)
+    ddim_sample(unet, s, torch.randn(16, 3, 16, 16), torch.arange(16) % 8, guidance=g)
     after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     print(json.dumps({"peak_kb": after, "start_kb": before}))
 """)
@@ -107,10 +107,11 @@ def _peak_kb(steps: int) -> int:
 
 
 def test_guided_sampling_memory_is_flat_in_the_number_of_steps():
-    """Peak resident memory at 40 guided steps is within 20% of that at 10 (the reference keeps every
-    step's autograd graph alive, which here would add hundreds of MB per 10 steps)."""
-    ten, forty = _peak_kb(10), _peak_kb(40)
-    assert forty <= 1.2 * ten, (ten, forty)
+    """Peak resident memory at 20 guided steps is within 20% of that at 5. The reference keeps every
+    step's autograd graph alive: done so here (the UNet's output kept with its graph at every step),
+    the peak went from 650 MB at 5 steps to 953 MB at 20 (+47%); as sampled, 580 MB at both."""
+    five, twenty = _peak_kb(5), _peak_kb(20)
+    assert twenty <= 1.2 * five, (five, twenty)
 
 
 def test_clip_x0_setting_changes_guided_samples(tiny_unet, classifier):
