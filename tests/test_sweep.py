@@ -131,7 +131,7 @@ def test_smoke_sweep_runs_queued_experiments_and_trains_each_seeds_diffusion_onc
         assert len(trained) == 1  # the other experiment of this seed restored it from the run cache
         other = next(x for x in runs if x is not trained[0])
         assert {"diffusion-t0", "oracle"} <= set(other["restored"])
-        assert {"replay-t1-r0", "classifier-t1-r0"} <= set(other["ran"])
+        assert {"replay-t1", "classifier-t1"} <= set(other["ran"])  # one round: no round suffix
     table = pd.read_csv(out / "sweep.csv", dtype={"point": str})
     assert list(table.point) == ["0", "1"] and table.set_index("point").loc["1", "delta_final_average_accuracy_seeds"] == 2
     assert (out / "delta.png").stat().st_size > 0 and (out / "mechanism.png").stat().st_size > 0
