@@ -7,10 +7,14 @@ checked, in `runs.json`.
     python -m pipeline.compare                                   # mnist5k, 5 methods, seeds 0 … 4
     python -m pipeline.compare --preset fashion_mnist5 --out results/compare/fashion_mnist5
     python -m pipeline.compare --preset smoke --seeds 0 1 --methods guide gr --out results/smoke
+    python -m pipeline.compare --methods guide gr --set diffusion.steps_first=1000 diffusion.steps_later=600 \
+        --out results/compare/mnist5k-half      # the preset with params changed, as `dvc exp run -S` takes them
     python -m pipeline.compare --preset fashion_mnist5 --methods joint finetune \
         --include results/compare/fashion_mnist5/runs.json --out results/compare/fashion_mnist5-all
 
-`--include` adds the runs of earlier comparisons (their runs.json, same preset) to the table without
+`--set KEY=VALUE …` changes params of the preset for every run (dotted keys, YAML values; not
+run.method or run.seed, which --methods and --seeds give); runs.json records them.
+`--include` adds the runs of earlier comparisons (their runs.json, same preset and --set) to the table without
 running them again, so methods can be added to a comparison one command at a time; with `--methods`
 and nothing after it, only the included runs are tabulated.
 
@@ -32,11 +36,12 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from guide.continual import METHODS
 from guide.io import atomic_path, atomic_write_json, atomic_write_text
 from guide.metrics import HEADLINE
-from params import PRESETS, dump_params, preset
+from params import PRESETS, ParamsError, dump_params, preset
 from pipeline import tool_env
 from pipeline.stats import paired_ci, paired_differences, seeds_higher
 
@@ -78,8 +83,38 @@ def scratch_repo(workdir: Path, cache_dir: Path, params_text: str | None = None)
         subprocess.run(["dvc", "cache", "dir", "--local", str(cache_dir)], cwd=workdir, check=True, env=_env())
 
 
-def reproduce(workdir: Path, preset_name: str, method: str, seed: int) -> dict:
-    (workdir / "params.yaml").write_text(dump_params(preset(preset_name, run={"method": method, "seed": seed})))
+def parse_sets(pairs: list[str], preset_name: str) -> dict:
+    """`--set KEY=VALUE` pairs as nested params overrides, checked against the schema on `preset_name`.
+    ValueError naming the pair or the field when one is malformed, unknown, or of the wrong type."""
+    nested: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        parts = key.split(".")
+        if not sep or not all(parts):
+            raise ValueError(f"--set {pair!r}: expected KEY=VALUE with a dotted key, e.g. diffusion.steps_first=1000")
+        if key in ("run.method", "run.seed"):
+            raise ValueError(f"--set {pair!r}: {key} is given by --{key.split('.')[1]}s")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {pair!r}: {part} is given a value and keys")
+        node[parts[-1]] = yaml.safe_load(value)
+    try:
+        preset(preset_name, **nested)
+    except (ParamsError, ValueError) as e:
+        raise ValueError(f"--set: {e}") from None
+    return nested
+
+
+def run_params(preset_name: str, method: str, seed: int, sets: dict | None = None):
+    over = {k: dict(v) if isinstance(v, dict) else v for k, v in (sets or {}).items()}
+    over["run"] = {**over.get("run", {}), "method": method, "seed": seed}
+    return preset(preset_name, **over)
+
+
+def reproduce(workdir: Path, preset_name: str, method: str, seed: int, sets: dict | None = None) -> dict:
+    (workdir / "params.yaml").write_text(dump_params(run_params(preset_name, method, seed, sets)))
     env = _env()
     subprocess.run([sys.executable, "-m", "pipeline.render"], cwd=workdir, check=True, env=env, capture_output=True)
     start = time.perf_counter()
@@ -142,11 +177,16 @@ def read_runs(paths: list[str], key, check) -> list[dict]:
     return runs
 
 
-def load_included(paths: list[str], preset_name: str) -> list[dict]:
-    """The runs of earlier comparisons (their runs.json), all of preset `preset_name` (see read_runs)."""
-    return read_runs(paths, lambda r: ((r["method"], r["seed"]), f"{r['method']} seed {r['seed']}"),
-                     lambda data: None if data.get("preset") == preset_name
-                     else f"runs of preset {data.get('preset')!r}, not {preset_name!r}")
+def load_included(paths: list[str], preset_name: str, sets: list[str] | None = None) -> list[dict]:
+    """The runs of earlier comparisons (their runs.json), all of preset `preset_name` with the same
+    `--set` pairs (see read_runs)."""
+    def check(data):
+        if data.get("preset") != preset_name:
+            return f"runs of preset {data.get('preset')!r}, not {preset_name!r}"
+        if sorted(data.get("set", [])) != sorted(sets or []):
+            return f"runs with --set {' '.join(data.get('set', [])) or '(none)'}, not {' '.join(sets or []) or '(none)'}"
+        return None
+    return read_runs(paths, lambda r: ((r["method"], r["seed"]), f"{r['method']} seed {r['seed']}"), check)
 
 
 def markdown(frame: pd.DataFrame) -> str:
@@ -233,6 +273,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="results/compare")
     ap.add_argument("--cache-dir", default=str(ROOT / ".dvc" / "cache"),
                     help="DVC cache (and run cache) the scratch repository uses; default: the project's")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="sets",
+                    help="params of the preset changed for every run (dotted keys, YAML values)")
     ap.add_argument("--include", nargs="+", default=[], metavar="RUNS_JSON",
                     help="earlier comparisons' runs.json (same preset): their runs join the table, not rerun")
     args = ap.parse_args(argv)
@@ -240,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     if not methods and not args.include:
         ap.error("--methods: none given, and no --include runs to tabulate")
     try:
-        runs = load_included(args.include, args.preset)
+        sets = parse_sets(args.sets, args.preset)
+        runs = load_included(args.include, args.preset, args.sets)
     except ValueError as e:
         ap.error(str(e))
     clash = sorted({(r["method"], r["seed"]) for r in runs} & {(m, s) for m in methods for s in args.seeds})
@@ -252,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         scratch_repo(workdir, Path(args.cache_dir).resolve())
     for seed in args.seeds:
         for method in methods:
-            r = reproduce(workdir, args.preset, method, seed)
+            r = reproduce(workdir, args.preset, method, seed, sets)
             print(f"{method:9s} seed {seed}: {r['final_average_accuracy']:.3f} final average accuracy, "
                   f"{r['wall_s']:.0f} s, ran {len(r['ran'])} stages, reused {len(r['restored'])}"
                   + (f" ({', '.join(n for n in r['restored'] if n.startswith('diffusion'))})" if r["restored"] else ""),
@@ -261,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     problems = check_sharing(runs)
     table = summarize(runs)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "runs.json", {"preset": args.preset, "runs": runs, "sharing_problems": problems,
+    atomic_write_json(out / "runs.json", {"preset": args.preset, "set": sorted(args.sets), "runs": runs,
+                                          "sharing_problems": problems,
                                           "included": args.include})
     for name, frame in (("runs.csv", pd.DataFrame(runs).drop(columns=["ran", "restored", "accuracy_matrix"])),
                         ("paired.csv", paired_rows(runs)), ("summary.csv", table)):

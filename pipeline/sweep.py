@@ -80,14 +80,13 @@ def queue(root: Path, points, seeds) -> None:
 
 
 def queue_status(root: Path) -> list[dict]:
-    """`dvc queue status` as rows {task, name, status} (the last column is the status)."""
-    rows = []
-    for line in dvc(["queue", "status"], root).stdout.splitlines():
-        parts = line.split()
-        if len(parts) >= 3 and parts[-1] in ("Queued", "Running", "Success", "Failed", "Unknown"):
-            name = parts[1] if len(parts) >= 5 else None  # Task Name Created(2 words) Status
-            rows.append({"task": parts[0], "name": name, "status": parts[-1]})
-    return rows
+    """The queue's tasks as rows {task, name, status}, from DVC's API in this process (`dvc queue
+    status` as a command costs 0.7 s of CPU a look, and pings the workers)."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return [{"task": e["rev"][:7], "name": e.get("name") or None, "status": e["status"]}
+                for e in repo.experiments.celery_queue.status()]
 
 
 def start_and_wait(root: Path, jobs: int, poll_s: float = 20.0) -> list[dict]:

@@ -112,13 +112,13 @@ def test_smoke_sweep_runs_queued_experiments_and_trains_each_seeds_diffusion_onc
            "WANDB_MODE": "disabled", "GIT_AUTHOR_NAME": "t",
            "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com"}
     # the fewest stages that show the sharing: one replay round, no diffusion model for the last task
-    # (9 stages, not 13); the sweep reads the queue every 5 s (a `dvc queue status` costs 0.7 s of CPU)
+    # (9 stages, not 13); the sweep looks at the queue every 3 s
     (repo / "params.yaml").write_text(dump_params(preset("smoke", replay={"rounds": 1},
                                                          diffusion={"train_last_task": False})))
     subprocess.run("git init -q && python -m pipeline.render && git add -A && git commit -qm smoke", shell=True,
                    cwd=repo, env=env, check=True, capture_output=True)
     r = subprocess.run([sys.executable, "-m", "pipeline.sweep", "run", "--scales", "0", "1", "--ranges",
-                        "--seeds", "0", "1", "--out", str(out), "--poll", "5"], cwd=repo, env=env, capture_output=True, text=True)
+                        "--seeds", "0", "1", "--out", str(out), "--poll", "3"], cwd=repo, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     status = subprocess.run(["dvc", "queue", "status"], cwd=repo, env=env, capture_output=True, text=True).stdout
     assert status.count("Success") == 4 and "Failed" not in status
