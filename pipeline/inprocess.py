@@ -2,7 +2,8 @@
 quickest way to try params, and what the end-to-end tests use. With `run.devices` > 1 the
 data-parallel stages run under torchrun, as `dvc repro` runs them.
 
-    python -m pipeline.inprocess            # in the current folder, from its params.yaml
+    python -m pipeline.inprocess                        # in the current folder, from its params.yaml
+    python -m pipeline.inprocess classifier-t1-r0       # only that stage and the stages it needs
 """
 from __future__ import annotations
 
@@ -25,14 +26,36 @@ def run_stage_in_process(st: Stage) -> None:
         raise RuntimeError(f"stage {st.name} ({st.cmd}) exited with {code}")
 
 
-def run_all(params_path: str = "params.yaml") -> list[str]:
-    """Runs every stage in order in the current folder; returns their names."""
-    stages = build_graph(load_params(params_path))
+def needed(stages: list[Stage], targets: list[str]) -> list[Stage]:
+    """The `targets` and every stage upstream of them, in the graph's order (all stages: no targets).
+    ValueError naming a target the graph does not have."""
+    by_name = {st.name: st for st in stages}
+    unknown = [t for t in targets if t not in by_name]
+    if unknown:
+        raise ValueError(f"no stage {', '.join(unknown)} in this graph (stages: {', '.join(by_name)})")
+    if not targets:
+        return stages
+    keep, todo = set(), list(targets)
+    while todo:
+        name = todo.pop()
+        if name not in keep:
+            keep.add(name)
+            todo.extend(by_name[name].upstream)
+    return [st for st in stages if st.name in keep]
+
+
+def run_all(params_path: str = "params.yaml", targets: list[str] | None = None) -> list[str]:
+    """Runs every stage (or the `targets` and what they need) in order in the current folder; returns
+    their names."""
+    stages = needed(build_graph(load_params(params_path)), list(targets or []))
     for st in stages:
         run_stage_in_process(st)
     return [st.name for st in stages]
 
 
 if __name__ == "__main__":
-    run_all()
+    try:
+        run_all(targets=sys.argv[1:])
+    except ValueError as e:
+        sys.exit(f"pipeline.inprocess: {e}")
     sys.exit(0)

@@ -124,7 +124,7 @@ def _launch(folder: Path, processes: int, *stage: str) -> list[str]:
     (folder / "spy.py").write_text(WRITER_SPY)
     writes = folder / "writes.txt"
     writes.unlink(missing_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WRITES": str(writes)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WRITES": str(writes)}
     launcher = [sys.executable] if processes == 1 else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
     r = subprocess.run([*launcher, "spy.py", *stage], cwd=folder, env=env, capture_output=True, text=True,
@@ -135,7 +135,7 @@ def _launch(folder: Path, processes: int, *stage: str) -> list[str]:
 
 @pytest.mark.slow
 def test_classifier_and_sampling_stages_on_two_gloo_processes_match_one_process(tmp_path):
-    """The smoke graph on one process, then its task-1 sampling stages and both classifier stages
+    """The smoke graph up to round 0 of task 1 on one process, then its task-1 sampling stages and both classifier stages
     again on 2 ranks from the same inputs. Sampling splits its batches over the ranks: the
     rehearsal and replay shards (guided, with their unguided twins and the oracle's measurements) are
     the same bytes. Training takes the one-process steps: losses within a relative 1e-4 (measured
@@ -146,9 +146,9 @@ def test_classifier_and_sampling_stages_on_two_gloo_processes_match_one_process(
     # batches of 16: 3 rehearsal and 4 replay batches, so both ranks sample, one of them twice
     (one / "params.yaml").write_text(dump_params(preset(
         "smoke", replay={"batch_size": 16}, rehearsal={"per_task": 40, "batch_size": 16})))
-    env = {"OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
-    subprocess.run([sys.executable, "-m", "pipeline.inprocess"], cwd=one, check=True, capture_output=True,
-                   env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, timeout=300)
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    subprocess.run([sys.executable, "-m", "pipeline.inprocess", "rehearsal-t1", "classifier-t1-r0"], cwd=one,
+                   check=True, capture_output=True, env={**os.environ, **env, "PYTHONPATH": str(ROOT)}, timeout=300)
     shutil.copytree(one, two)
     made = ["artifacts/rehearsal/task1/shard.pt", "artifacts/rehearsal/task1/manifest.json",
             "artifacts/replay/task1/round0/shard.pt", "artifacts/replay/task1/round0/manifest.json",

@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from params import preset
 from pipeline.graph import build_graph
 from pipeline.render import render
@@ -88,3 +90,14 @@ def test_every_replay_is_measured_by_the_oracle_and_reported():
 def test_render_is_deterministic():
     p = preset("smoke")
     assert render(build_graph(p)) == render(build_graph(p))
+
+
+def test_inprocess_targets_run_with_what_they_need_and_nothing_else():
+    from pipeline.inprocess import needed
+
+    stages = build_graph(preset("smoke"))
+    assert [s.name for s in needed(stages, ["rehearsal-t1", "classifier-t1-r0"])] == [
+        "check-graph", "oracle", "diffusion-t0", "rehearsal-t1", "classifier-t0", "replay-t1-r0", "classifier-t1-r0"]
+    assert needed(stages, []) == stages
+    with pytest.raises(ValueError, match="no stage classifier-t9"):
+        needed(stages, ["classifier-t9"])
