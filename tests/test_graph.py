@@ -21,6 +21,21 @@ def test_committed_dvc_yaml_is_current():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_committed_dvc_lock_records_the_code_as_it_is():
+    """The committed results (dvc.lock, metrics/) were made by the code in the repository: every code
+    dependency's md5 in dvc.lock is the file's (an edit to guide/, params/ or stages/ after the default
+    run must be followed by a rerun, or — for an edit that changes no output — `dvc commit`)."""
+    import hashlib
+
+    import yaml
+
+    lock = yaml.safe_load((ROOT / "dvc.lock").read_text())
+    stale = sorted({d["path"] for st in lock["stages"].values() for d in st.get("deps", [])
+                    if d["path"].startswith(("guide/", "params/", "stages/"))
+                    and hashlib.md5((ROOT / d["path"]).read_bytes()).hexdigest() != d["md5"]})
+    assert stale == [], f"dvc.lock predates these files: {stale}"
+
+
 def test_check_fails_and_shows_the_difference_when_stale(tmp_path):
     stale = tmp_path / "dvc.yaml"
     stale.write_text((ROOT / "dvc.yaml").read_text().replace("evaluate-t4", "evaluate-t9"))
