@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="results/compare")
     ap.add_argument("--cache-dir", default=str(ROOT / ".dvc" / "cache"),
                     help="DVC cache (and run cache) the scratch repository uses; default: the project's")
-    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", dest="sets",
+    ap.add_argument("--set", nargs="+", action="extend", default=[], metavar="KEY=VALUE", dest="sets",
                     help="params of the preset changed for every run (dotted keys, YAML values)")
     ap.add_argument("--include", nargs="+", default=[], metavar="RUNS_JSON",
                     help="earlier comparisons' runs.json (same preset): their runs join the table, not rerun")

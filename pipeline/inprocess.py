@@ -48,14 +48,19 @@ def run_all(params_path: str = "params.yaml", targets: list[str] | None = None) 
     """Runs every stage (or the `targets` and what they need) in order in the current folder; returns
     their names."""
     stages = needed(build_graph(load_params(params_path)), list(targets or []))
-    for st in stages:
-        run_stage_in_process(st)
+    run(stages)
     return [st.name for st in stages]
 
 
+def run(stages: list[Stage]) -> None:
+    for st in stages:
+        run_stage_in_process(st)
+
+
 if __name__ == "__main__":
-    try:
-        run_all(targets=sys.argv[1:])
+    try:  # an unknown target is one line; a stage's own error keeps its traceback
+        chosen = needed(build_graph(load_params("params.yaml")), sys.argv[1:])
     except ValueError as e:
         sys.exit(f"pipeline.inprocess: {e}")
+    run(chosen)
     sys.exit(0)

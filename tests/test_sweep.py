@@ -124,14 +124,13 @@ def test_smoke_sweep_runs_queued_experiments_and_trains_each_seeds_diffusion_onc
     assert status.count("Success") == 2 and "Failed" not in status
     record = json.loads((out / "runs.json").read_text())
     assert record["logs_found"] == 2 and record["sharing_problems"] == []
-    for seed in (0,):
-        runs = [x for x in record["runs"] if x["seed"] == seed]
-        assert sorted(x["scale"] for x in runs) == [0.0, 1.0]
-        trained = [x for x in runs if "diffusion-t0" in x["ran"]]
-        assert len(trained) == 1  # the other experiment of this seed restored it from the run cache
-        other = next(x for x in runs if x is not trained[0])
-        assert {"diffusion-t0", "oracle"} <= set(other["restored"])
-        assert {"replay-t1", "classifier-t1"} <= set(other["ran"])  # one round: no round suffix
+    runs = record["runs"]
+    assert sorted(x["scale"] for x in runs) == [0.0, 1.0] and {x["seed"] for x in runs} == {0}
+    trained = [x for x in runs if "diffusion-t0" in x["ran"]]
+    assert len(trained) == 1  # the other experiment restored it from the run cache
+    other = next(x for x in runs if x is not trained[0])
+    assert {"diffusion-t0", "oracle"} <= set(other["restored"])
+    assert {"replay-t1", "classifier-t1"} <= set(other["ran"])  # one round: no round suffix
     table = pd.read_csv(out / "sweep.csv", dtype={"point": str})
     assert list(table.point) == ["0", "1"] and table.set_index("point").loc["1", "delta_final_average_accuracy_seeds"] == 1
     assert (out / "delta.png").stat().st_size > 0 and (out / "mechanism.png").stat().st_size > 0
