@@ -21,10 +21,10 @@ install: $(VENV)/.installed
 .dvc:
 	$(BIN)/dvc init --quiet $(if $(wildcard .git),,--no-scm)
 
-# the default run: params.yaml (mnist5k, 5 tasks, guide) with dvc repro, then the results
+# the default run: params.yaml with dvc repro (pipeline.repro: plus the whole run's time left), then the results
 demo: install .dvc
 	$(BIN)/python -m pipeline.render --check
-	$(BIN)/dvc repro
+	$(BIN)/python -m pipeline.repro
 	$(BIN)/python -m pipeline.show
 
 # two pytest-xdist workers on 2 cores, each (and every stage it starts) with its share of the threads

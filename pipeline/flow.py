@@ -119,7 +119,7 @@ class Repository:
         else:
             changed = self.status(name)
             changed = changed.get(name, changed) if changed else None
-        return json.dumps(changed, default=str) if changed else ""
+        return describe_changes(changed) if changed else ""
 
     def commit(self, name: str) -> None:
         with self._mutex:
@@ -132,6 +132,26 @@ class Repository:
         with self._mutex:
             exchange.write_files(self.root, files)
             exchange.record(self.repo, name, entry)
+
+
+def describe_changes(status) -> str:
+    """DVC's status of one stage as one line a person reads: what changed, grouped by kind, e.g.
+    "params changed: guidance.scale; deps modified: artifacts/diffusion/t0.pt; outputs deleted: …"."""
+    items = status if isinstance(status, list) else [status]
+    groups: dict[str, list[str]] = {}
+    for item in items:
+        if isinstance(item, str):  # "changed command", "always changed"
+            groups.setdefault(item, [])
+            continue
+        for kind, entries in item.items():
+            side = "deps" if "dep" in kind else "outputs"
+            for path, what in entries.items():
+                if isinstance(what, dict):  # a params file: {key: "modified" | "new" | "deleted"}
+                    for key, how in what.items():
+                        groups.setdefault(f"params {how}", []).append(key)
+                else:
+                    groups.setdefault(f"{side} {what}", []).append(path)
+    return "; ".join(f"{k}: {', '.join(v)}" if v else k for k, v in groups.items())
 
 
 _repository: Repository | None = None  # the flow's locked repository, shared by its task runs

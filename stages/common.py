@@ -8,6 +8,7 @@ import functools
 import json
 import os
 import sys
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,11 +127,50 @@ class Context:
         return model, ckpt
 
 
+RUN_PROGRESS = "GUIDE_RUN_PROGRESS"  # a JSON file `python -m pipeline.repro` keeps for the running stage
+
+
+def run_progress() -> dict | None:
+    """What `pipeline.repro` projects for the rest of the run when this stage started: `after` (seconds
+    of the stages after this one), `current_left` (this stage's own projection) and `current_since`
+    (when it started, epoch seconds). None outside `pipeline.repro` or when the file is unreadable."""
+    path = os.environ.get(RUN_PROGRESS)
+    if not path:
+        return None
+    try:
+        state = json.loads(Path(path).read_text())
+        return {k: float(state[k]) for k in ("after", "current_left", "current_since")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def clock(seconds: float) -> str:
+    s = max(0, round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
 def progress(total: int, desc: str):
-    """A tqdm bar on stderr (DVC and Prefect both show it in the stage log)."""
+    """A tqdm bar on stderr (DVC and Prefect both show it in the stage log). Under `pipeline.repro` it
+    also shows the whole run's time left: this bar's own time left plus the projection of the stages
+    still to come."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, file=sys.stderr, mininterval=2.0, dynamic_ncols=True, disable=not _MAIN)
+    run = run_progress()
+
+    class Bar(tqdm):
+        @property
+        def format_dict(self):
+            d = super().format_dict
+            if run is None:
+                return d
+            rate = d.get("rate") or (d["n"] / d["elapsed"] if d["n"] and d["elapsed"] else None)
+            left = (d["total"] - d["n"]) / rate if rate and d["total"] else \
+                max(0.0, run["current_left"] - (time.time() - run["current_since"]))
+            note = f"run ≈{clock(left + run['after'])} left"
+            d["postfix"] = f"{d['postfix']}, {note}" if d.get("postfix") else note
+            return d
+
+    return Bar(total=total, desc=desc, file=sys.stderr, mininterval=2.0, dynamic_ncols=True, disable=not _MAIN)
 
 
 def sampling_bar(n_images: int, batch_size: int, steps: int, desc: str, world: World = World()):

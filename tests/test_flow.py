@@ -90,3 +90,25 @@ def test_a_configured_prefect_api_is_used_as_it_is_and_no_server_starts():
     with temporary_settings(updates={PREFECT_API_URL: "http://127.0.0.1:9/api"}):
         with prefect_api(startup_s=0) as (url, started):
             assert url == "http://127.0.0.1:9/api" and not started
+
+
+def test_why_a_stage_runs_is_one_line_a_person_reads(tmp_path):
+    """DVC's own status of a stage whose dep file, params key and output all changed, as the flow logs it."""
+    from dvc.repo import Repo
+
+    from pipeline.flow import describe_changes
+
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    run = lambda cmd: subprocess.run(cmd, shell=True, cwd=tmp_path, env=env, check=True, capture_output=True)
+    (tmp_path / "params.yaml").write_text("a: 1\nb: 2\n")
+    (tmp_path / "in.txt").write_text("x\n")
+    (tmp_path / "dvc.yaml").write_text("stages:\n  s:\n    cmd: cp in.txt out.txt\n    deps: [in.txt]\n"
+                                       "    params: [a, b]\n    outs: [out.txt]\n")
+    run("git init -q && python -m dvc init -q && python -m dvc repro -q")
+    (tmp_path / "in.txt").write_text("y\n")
+    (tmp_path / "params.yaml").write_text("a: 3\nb: 2\n")
+    (tmp_path / "out.txt").unlink()
+    with Repo(str(tmp_path)) as repo:
+        (status,) = repo.status().values()  # keyed "s", or "PATH/dvc.yaml:s" from another folder
+    assert describe_changes(status) == "deps modified: in.txt; params modified: a; outputs deleted: out.txt"
+    assert describe_changes(["always changed"]) == "always changed"

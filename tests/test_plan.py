@@ -1,0 +1,115 @@
+"""The run's plan (pipeline.plan) and the whole run's time left (pipeline.repro, the stages' bars)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from params import dump_params, load_params, preset
+from pipeline.graph import build_graph
+from pipeline.plan import Work, make_plan, stage_work
+from pipeline.repro import Tracker
+from stages import common
+
+from test_pipeline import RUNNING, repo, sh, smoke_origin  # noqa: F401  (the shared smoke repository)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_work_counts_batches_with_a_smaller_last_one():
+    w = Work()
+    w.sample(250, 10, True, 100)
+    assert list(zip(w.sampling, w.batches)) == [((100, 10, True), 2), ((50, 10, True), 1)]
+    assert w.describe() == "250 guided images × 10 steps"
+
+
+def test_the_default_plan_counts_what_the_default_stages_compute():
+    p = load_params(ROOT / "params.yaml")
+    works = {s.name: stage_work(s, p) for s in build_graph(p)}
+    assert works["diffusion-t0"].diffusion_steps == p.diffusion.steps_first
+    assert works["diffusion-t1"].diffusion_steps == p.diffusion.steps_later
+    assert works["oracle"].oracle_steps == p.oracle.steps
+    # task 2: B//3 real and 2·(B//3) replay images per step, the replay regenerated every `interval`
+    # steps, guided (and, for the probe, unguided from the same noise), plus the replay grid both ways
+    chunks = -(-p.classifier.steps_later // p.classifier.interval)
+    w = works["classifier-t2"]
+    guided = sum(n * c for (n, _, g), c in zip(w.sampling, w.batches) if g)
+    unguided = sum(n * c for (n, _, g), c in zip(w.sampling, w.batches) if not g)
+    assert guided == unguided == chunks * (p.classifier.batch_size // 3) * 2 + p.evaluate.grid_images
+    assert works["classifier-t0"].sampling == [] and works["report"].describe() == "bookkeeping"
+
+
+def test_the_plan_counts_the_images_the_smoke_stages_wrote(repo):
+    path, _, _ = repo
+    p = load_params(path / "params.yaml")
+    checked = 0
+    for st in build_graph(p):
+        w = stage_work(st, p)
+        images = {g: sum(n * c for (n, _, gg), c in zip(w.sampling, w.batches) if gg == g) for g in (True, False)}
+        if st.kind in ("rehearsal", "replay"):
+            shard = torch.load(path / st.outs[0], weights_only=False)
+            grid = p.evaluate.grid_images if st.kind == "replay" and st.args[-1] == "--round 0" else 0
+            drawn = images[False] if st.kind == "rehearsal" else images[True] - grid
+            assert len(shard["images"]) == drawn, st.name
+            checked += 1
+    assert checked == 3  # rehearsal-t1 and the two replay rounds of task 1
+
+
+def test_the_tracker_rescales_what_is_left_by_the_finished_stages(tmp_path):
+    now = [0.0]
+    t = Tracker({"a": 10.0, "b": 20.0, "c": 30.0}, tmp_path / "p.json", clock_=lambda: now[0])
+    assert t.start("a") == "[run] a: stage 1/3 · 0:00 so far · ≈1:00 left"
+    now[0] = 20.0  # a took twice its projection: the rest is projected twice as long
+    assert t.start("b") == "[run] b: stage 2/3 · 0:20 so far · ≈1:40 left"
+    state = json.loads((tmp_path / "p.json").read_text())
+    assert (state["current"], state["current_left"], state["after"], state["current_since"]) == ("b", 40.0, 60.0, 20.0)
+    t.skip("c")  # DVC found it unchanged after all
+    now[0] = 50.0
+    assert t.finish() == "[run] 2 stages in 0:50 (projected 0:30)"
+
+
+def test_a_stage_bar_shows_the_whole_runs_time_left(tmp_path, monkeypatch):
+    (tmp_path / "p.json").write_text(json.dumps({"current": "x", "current_left": 100, "current_since": 0,
+                                                 "after": 600}))
+    monkeypatch.setenv(common.RUN_PROGRESS, str(tmp_path / "p.json"))
+    bar = common.progress(10, "x")
+    bar.n, bar.start_t, bar.last_print_t = 5, bar._time() - 50, bar._time()  # 5 of 10 steps in 50 s
+    bar.set_postfix(loss="0.1", refresh=False)
+    assert "loss=0.1, run ≈10:50 left" in str(bar)  # 50 s of its own + 600 s after it
+    bar.close()
+    monkeypatch.setenv(common.RUN_PROGRESS, str(tmp_path / "missing.json"))
+    plain = common.progress(10, "y")
+    assert "run ≈" not in str(plain)
+    plain.close()
+
+
+@pytest.mark.slow
+def test_repro_plans_the_stages_dvc_runs_and_prints_the_time_left(repo):
+    path, env, _ = repo
+    text = (path / "params.yaml").read_text()
+    assert "evaluate: {batch_size: 500" in text
+    (path / "params.yaml").write_text(text.replace("evaluate: {batch_size: 500", "evaluate: {batch_size: 7"))
+    r = sh(f"{sys.executable} -m pipeline.repro", path, env=env)
+    ran = RUNNING.findall(r.stdout)
+    announced = [line.split(":")[0][len("[run] "):] for line in r.stdout.splitlines() if line.startswith("[run] ") and
+                 ": stage " in line]
+    assert {"evaluate-t0", "evaluate-t1"} <= set(ran) and announced == ran
+    first = r.stdout.splitlines()[0]
+    assert first.startswith("[run] 3 stages to run, projected "), first  # both evaluations and the report
+    assert r.stdout.splitlines()[-1].startswith(f"[run] {len(ran)} stages in ")
+    assert sh("dvc status -q", path, env=env, check=False).returncode == 0
+
+
+def test_plan_of_a_preset_prints_every_stage(tmp_path):
+    (tmp_path / "params.yaml").write_text(dump_params(preset("smoke")))
+    r = subprocess.run([sys.executable, "-m", "pipeline.plan", "--all", "--params", str(tmp_path / "params.yaml")],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    rows = [l for l in r.stdout.splitlines() if l.startswith("| ") and not l.startswith("| stage")]
+    names = [s.name for s in build_graph(preset("smoke"))]
+    assert [row.split(" | ")[0][2:] for row in rows[:-1]] == names and rows[-1].startswith(f"| **all {len(names)}**")
+    bad = subprocess.run([sys.executable, "-m", "pipeline.plan", "--params", str(tmp_path / "nope.yaml")],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode == 2 and "nope.yaml" in bad.stderr
