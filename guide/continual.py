@@ -74,9 +74,11 @@ class EpochBatches:
 def train_diffusion(model: nn.Module, ema: EMA, schedule: NoiseSchedule, x: Tensor, y: Tensor, *,
                     steps: int, batch_size: int, lr: float, weight_decay: float = 0.0,
                     hflip: bool = True, generator: torch.Generator, world: World = World(),
-                    callback: Callable[[int, float], None] | None = None) -> list[float]:
+                    callback: Callable[[int, float], None] | None = None,
+                    on_terms: Callable[[int, Tensor, Tensor], None] | None = None) -> list[float]:
     """Train the ε-network on (x, y) — real task data and rehearsal together, shuffled, in epochs —
     with AdamW and an EMA of the weights. Returns the per-step losses (of the global batch).
+    `on_terms(step, t, losses)`: each step's timesteps and per-sample losses (this rank's share).
 
     Data parallel over `world`'s ranks: each draws the same global batch (same `generator`) and
     computes the loss on its share; DistributedDataParallel averages the gradients."""
@@ -92,7 +94,8 @@ def train_diffusion(model: nn.Module, ema: EMA, schedule: NoiseSchedule, x: Tens
         xb, yb = x[idx], y[idx]
         if hflip:  # the reference's RandomHorizontalFlip() under --train_aug: p = 0.5 per image
             xb = DIFFUSION_HFLIP(xb, generator)
-        loss = epsilon_loss(net, schedule, xb, yb, generator, part)
+        terms: list | None = [] if on_terms is not None else None
+        loss = epsilon_loss(net, schedule, xb, yb, generator, part, terms)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -100,6 +103,8 @@ def train_diffusion(model: nn.Module, ema: EMA, schedule: NoiseSchedule, x: Tens
         losses.append(world.mean(loss.detach()).item())
         if callback is not None:
             callback(step + 1, losses[-1])
+        if terms:
+            on_terms(step + 1, *terms[0])
     return losses
 
 
@@ -171,12 +176,15 @@ def train_classifier(classifier: nn.Module, optimizer: torch.optim.Optimizer, re
                      num_seen: int, task: int, replay: ReplaySource | None = None,
                      augment: Callable[[Tensor], Tensor] | None = None, generator: torch.Generator,
                      world: World = World(), epoch_steps: int | None = None,
-                     callback: Callable[[int, float], None] | None = None) -> list[float]:
+                     callback: Callable[[int, float], None] | None = None,
+                     on_batch: Callable[[int, float, float], None] | None = None) -> list[float]:
     """Train over the global steps `steps` of a task of `total_steps` (so a task can be cut into
     rounds). Each step mixes real task images (shuffled, in epochs) with replay drawn from
     `replay(step)`; the loss is cross-entropy over the logits of the `num_seen` classes seen so far.
     The learning rate follows `annealed_lr` with `epoch_steps` (the reference's), or, when None,
     `linear_lr` (decayed every step). Returns the per-step losses (of the global batch).
+    `on_batch(step, accuracy, lr)`: each step's accuracy on its (augmented) training batch and its
+    learning rate.
 
     Data parallel over `world`'s ranks: each draws the same global batch and trains on its share
     (augmented with its own randomness); BN uses the global batch's statistics, DDP averages the
@@ -200,13 +208,17 @@ def train_classifier(classifier: nn.Module, optimizer: torch.optim.Optimizer, re
         xb, yb = xb[part], yb[part]
         if augment is not None:
             xb = augment(xb)
-        loss = F.cross_entropy(net(xb)[:, :num_seen], yb)
+        logits = net(xb)[:, :num_seen]
+        loss = F.cross_entropy(logits, yb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         losses.append(world.mean(loss.detach()).item())
         if callback is not None:
             callback(step + 1, losses[-1])
+        if on_batch is not None:
+            hits = world.mean((logits.detach().argmax(1) == yb).float().mean()).item()
+            on_batch(step + 1, hits, optimizer.param_groups[0]["lr"])
     return losses
 
 

@@ -158,11 +158,14 @@ class NoiseSchedule:
 
 
 def epsilon_loss(model, schedule: NoiseSchedule, x0: Tensor, y: Tensor | None,
-                 generator: torch.Generator | None = None, part: slice = slice(None)) -> Tensor:
+                 generator: torch.Generator | None = None, part: slice = slice(None),
+                 terms: list | None = None) -> Tensor:
     """The simple DDPM objective: E_{t, ε} ‖ε − ε_θ(x_t, t, y)‖², t uniform over the schedule.
 
     `part`: compute it on that slice of the batch only (a data-parallel rank's share); t and ε are
-    drawn for the whole batch first, so the ranks' shares together are the one-process batch."""
+    drawn for the whole batch first, so the ranks' shares together are the one-process batch.
+    `terms`: a list to append (t, each sample's loss) to, on the CPU, for the curve by timestep (the
+    returned loss is computed as without it)."""
     n = x0.shape[0]
     t = torch.randint(0, schedule.num_steps, (n,), generator=generator, device="cpu").to(x0.device)
     noise = torch.randn(x0.shape, generator=generator, device="cpu").to(x0.device, x0.dtype)
@@ -171,7 +174,12 @@ def epsilon_loss(model, schedule: NoiseSchedule, x0: Tensor, y: Tensor | None,
         y = y[part] if y is not None else None
     xt = schedule.q_sample(x0, t, noise)
     out = model(xt, schedule.model_timesteps(t), y)
-    return F.mse_loss(out[:, : x0.shape[1]], noise)
+    loss = F.mse_loss(out[:, : x0.shape[1]], noise)
+    if terms is not None:
+        with torch.no_grad():
+            each = (out[:, : x0.shape[1]].float() - noise.float()).pow(2).flatten(1).mean(1)
+            terms.append((t.cpu(), each.cpu()))
+    return loss
 
 
 class EMA:

@@ -5,7 +5,7 @@ from this one list.
 Per task t: rehearsal-t{t} (t ≥ 1) → diffusion-t{t}; replay-t{t}-r{r} → classifier-t{t}-r{r} for
 r = 0 … R−1 (guided-replay methods in rounds mode; otherwise one classifier-t{t}); evaluate-t{t};
 then report. Methods with generated replay also train the oracle, which measures every replay
-shard (metrics/replay/). Every stage depends on check-graph, which stops the run when params.yaml's
+shard (metrics/replay/). Every training stage writes its curve (plots/curves/). Every stage depends on check-graph, which stops the run when params.yaml's
 structure no longer matches the rendered graph.
 """
 from __future__ import annotations
@@ -84,15 +84,15 @@ def build_graph(p: Params) -> list[Stage]:
     # the oracle that judges replay, and the diffusion branch as far as some classifier (or the
     # reference's last task) needs it
     if method.uses_diffusion:
-        add("oracle", "oracle", outs=(paths.ORACLE,), metrics=(paths.ORACLE_METRICS,))
+        add("oracle", "oracle", outs=(paths.ORACLE, paths.curve("oracle")), metrics=(paths.ORACLE_METRICS,))
         last = T if p.diffusion.train_last_task else T - 1
         for t in range(last):
             if t > 0:
                 add(f"rehearsal-t{t}", "rehearsal", t, deps=(paths.diffusion(t - 1),), outs=(paths.rehearsal(t),))
                 add(f"diffusion-t{t}", "diffusion", t, deps=(paths.diffusion(t - 1), paths.rehearsal(t)),
-                    outs=(paths.diffusion(t),))
+                    outs=(paths.diffusion(t), paths.curve("diffusion", t)))
             else:
-                add("diffusion-t0", "diffusion", 0, outs=(paths.diffusion(0),))
+                add("diffusion-t0", "diffusion", 0, outs=(paths.diffusion(0), paths.curve("diffusion", 0)))
 
     # the classifier branch
     for t in range(T):
@@ -102,7 +102,7 @@ def build_graph(p: Params) -> list[Stage]:
         for r in range(rounds):
             suffix = f"-r{r}" if rounds > 1 else ""
             init = [paths.classifier(t, r - 1)] if r > 0 else prev
-            deps, outs = list(init), [paths.classifier(t, r)]
+            deps, outs = list(init), [paths.classifier(t, r), paths.curve("classifier", t, r if rounds > 1 else None)]
             metrics: list[str] = []
             if generated and p.guidance.mode == "rounds":
                 # the round's starting classifier guides GUIDE's replay and measures every method's

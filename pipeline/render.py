@@ -49,8 +49,29 @@ def top_level_plots() -> list:
     return plots
 
 
+CURVES = {"diffusion": ("loss",), "classifier": ("loss", "accuracy", "lr"), "oracle": ("loss", "accuracy")}
+
+
+def curve_plots(stages: list[Stage]) -> list:
+    """The training curves (plots/curves/, one CSV per training stage) as `dvc plots` draws them: one
+    plot per stage kind and column with every task's curve on it, and each diffusion stage's loss by
+    quarter of the timesteps."""
+    files = {kind: [o for st in stages if st.kind == kind for o in st.outs if o.startswith("plots/curves/")]
+             for kind in CURVES}
+    plots: list = []
+    for kind, columns in CURVES.items():
+        for column in columns if files[kind] else ():
+            plots.append({f"{kind}: training {column} by step": {
+                "template": "linear", "x": "step", "y": {f: column for f in files[kind]}}})
+    for f in files["diffusion"]:
+        name = f.rsplit("/", 1)[1].removesuffix(".csv")
+        plots.append({f"{name}: training loss by quarter of the timesteps": {
+            "template": "linear", "x": "step", "y": {f: [f"loss_q{i}" for i in range(4)]}}})
+    return plots
+
+
 def render(stages: list[Stage]) -> str:
-    doc = {"stages": {st.name: stage_entry(st) for st in stages}, "plots": top_level_plots()}
+    doc = {"stages": {st.name: stage_entry(st) for st in stages}, "plots": curve_plots(stages) + top_level_plots()}
     return HEADER + yaml.safe_dump(doc, sort_keys=False, width=120)
 
 

@@ -21,7 +21,7 @@ from guide.data import task_subset
 from guide.io import load_shard, save_checkpoint, save_shard
 from params import Params
 from stages import paths
-from stages.common import SEED, Context, ParamsError, log, progress, run_stage
+from stages.common import SEED, Context, Curve, ParamsError, progress, run_stage
 
 
 def reads(p: Params, task: int, round: int | None = None) -> tuple[str, ...]:
@@ -114,20 +114,25 @@ def run(ctx: Context) -> None:
         source, finish = (online_source(ctx, model) if ctx.params.guidance.mode == "online"
                           else round_source(ctx))
     bar = progress(per_round, f"classifier@{t}.{r}")
+    curve = Curve(paths.curve("classifier", t, r if rounds > 1 else None), ("loss", "accuracy", "lr"), every=20,
+                  last=(r + 1) * per_round, prefix="classifier")
+    last = {}
 
     def step_done(step: int, loss: float) -> None:
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
-        if step % 20 == 0:
-            log({"classifier/loss": loss}, step=step)
+        last["loss"] = loss
 
     losses = train_classifier(model, optimizer, x.to(ctx.device), y.to(ctx.device),
                               steps=range(r * per_round, (r + 1) * per_round), total_steps=total,
                               batch_size=p.batch_size, lr=lr, num_seen=seen.stop, task=t, replay=source,
                               augment=make_augmentation(p.augmentation, ctx.data.channels, ctx.data.image_size),
                               generator=ctx.generator("batches"), world=ctx.world, callback=step_done,
+                              on_batch=lambda step, accuracy, lr: curve.add(step, loss=last["loss"],
+                                                                            accuracy=accuracy, lr=lr),
                               epoch_steps=len(x) // p.batch_size)  # the reference's 'epoch' for its LR steps
     bar.close()
+    curve.write()
     if finish is not None:
         finish()
     if not ctx.world.main:  # one writer: the ranks hold the same weights

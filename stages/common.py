@@ -173,6 +173,39 @@ def progress(total: int, desc: str):
     return Bar(total=total, desc=desc, file=sys.stderr, mininterval=2.0, dynamic_ncols=True, disable=not _MAIN)
 
 
+class Curve:
+    """A training curve for `dvc plots`: a CSV row every `every` steps and at step `last`, each column
+    the mean of what was added since the row before (a value, or a (sum, count) pair for means over
+    samples), an empty cell when nothing was. The rows also go to wandb when tracking is on. The
+    file's bytes depend only on the values (no timestamps), so a rerun with the same inputs writes
+    the same file."""
+
+    def __init__(self, path: str, columns: tuple[str, ...], every: int, last: int, prefix: str):
+        self.path, self.columns, self.every, self.last, self.prefix = path, columns, every, last, prefix
+        self.rows: list[str] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sums = dict.fromkeys(self.columns, 0.0)
+        self.counts = dict.fromkeys(self.columns, 0)
+
+    def add(self, step: int, **values) -> None:
+        for k, v in values.items():
+            total, count = v if isinstance(v, tuple) else (v, 1)
+            self.sums[k] += float(total)
+            self.counts[k] += int(count)
+        if step % self.every == 0 or step == self.last:
+            means = {k: self.sums[k] / self.counts[k] for k in self.columns if self.counts[k]}
+            self.rows.append(",".join([str(step)] + [f"{means[k]:.6g}" if k in means else "" for k in self.columns]))
+            log({f"{self.prefix}/{k}": v for k, v in means.items()}, step=step)
+            self._reset()
+
+    def write(self) -> None:
+        if _MAIN:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.path, "\n".join([",".join(("step", *self.columns)), *self.rows]) + "\n")
+
+
 def sampling_bar(n_images: int, batch_size: int, steps: int, desc: str, world: World = World()):
     """A bar over every denoising step of every batch this rank samples, and the sampler callback
     that advances it."""

@@ -18,7 +18,9 @@ from guide.diffusion import EMA
 from guide.io import load_checkpoint, load_shard, save_checkpoint
 from params import Params
 from stages import paths
-from stages.common import SEED, UNET, Context, log, progress, run_stage
+from stages.common import SEED, UNET, Context, Curve, progress, run_stage
+
+QUARTERS = ("loss_q0", "loss_q1", "loss_q2", "loss_q3")  # timesteps in [0, T/4), [T/4, T/2), …
 
 
 def reads(p: Params, task: int, round: int | None = None) -> tuple[str, ...]:
@@ -42,20 +44,29 @@ def run(ctx: Context) -> None:
     steps = p.steps_first if t == 0 else p.steps_later
     ctx.split(min(p.batch_size, len(x)), "diffusion.batch_size")
     bar = progress(steps, f"diffusion@{t}")
+    schedule = ctx.schedule()
+    if p.train_respacing:  # the reference's ImageNet run trains on its ddim250 chain
+        schedule = schedule.respace(p.train_respacing)
+    # the loss every 50 steps, overall and by quarter of the timesteps (as the reference logs it)
+    curve = Curve(paths.curve("diffusion", t), ("loss", *QUARTERS), every=50, last=steps, prefix="diffusion")
+    last = {}
 
     def step_done(step: int, loss: float) -> None:
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        if step % 50 == 0 or step == steps:
-            log({"diffusion/loss": loss}, step=step)
+        last["loss"] = loss
 
-    schedule = ctx.schedule()
-    if p.train_respacing:  # the reference's ImageNet run trains on its ddim250 chain
-        schedule = schedule.respace(p.train_respacing)
+    def by_timestep(step: int, ts: torch.Tensor, each: torch.Tensor) -> None:
+        quarter = ts * 4 // schedule.num_steps
+        curve.add(step, loss=last["loss"], **{q: (float(each[quarter == i].sum()), int((quarter == i).sum()))
+                                              for i, q in enumerate(QUARTERS)})
+
     losses = train_diffusion(model, ema, schedule, x.to(ctx.device), y.to(ctx.device), steps=steps,
                              batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, hflip=p.hflip,
-                             generator=ctx.generator("train"), world=ctx.world, callback=step_done)
+                             generator=ctx.generator("train"), world=ctx.world, callback=step_done,
+                             on_terms=by_timestep)
     bar.close()
+    curve.write()
     if ctx.world.main:  # one writer: the ranks hold the same weights
         save_checkpoint(paths.diffusion(t), {"model": model.state_dict(), "ema": ema.state_dict(), "task": t,
                                                "losses": torch.tensor(losses)})

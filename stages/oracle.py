@@ -14,7 +14,7 @@ from guide.continual import evaluate, make_optimizer, train_classifier
 from guide.io import atomic_write_json, save_checkpoint
 from params import Params
 from stages import paths
-from stages.common import SEED, Context, progress, run_stage
+from stages.common import SEED, Context, Curve, progress, run_stage
 
 
 def reads(p: Params, task: int | None = None, round: int | None = None) -> tuple[str, ...]:
@@ -28,12 +28,20 @@ def run(ctx: Context) -> None:
     model = ctx.new_classifier()
     optimizer = make_optimizer(model, p.lr, c.momentum, c.weight_decay)
     bar = progress(p.steps, "oracle")
+    curve = Curve(paths.curve("oracle"), ("loss", "accuracy"), every=20, last=p.steps, prefix="oracle")
+    last = {}
+
+    def step_done(step: int, loss: float) -> None:
+        bar.update(1)
+        last["loss"] = loss
     train_classifier(model, optimizer, data.train_x.to(ctx.device), data.train_y.to(ctx.device),
                      steps=range(p.steps), total_steps=p.steps, batch_size=p.batch_size, lr=p.lr,
                      num_seen=data.num_classes, task=0,
                      augment=make_augmentation(c.augmentation, data.channels, data.image_size),
-                     generator=ctx.generator("batches"), callback=lambda step, loss: bar.update(1))
+                     generator=ctx.generator("batches"), callback=step_done,
+                     on_batch=lambda step, accuracy, lr: curve.add(step, loss=last["loss"], accuracy=accuracy))
     bar.close()
+    curve.write()
     every = [range(0, data.num_classes)]
     accuracy = evaluate(model, data.test_x.to(ctx.device), data.test_y.to(ctx.device), every,
                         batch_size=p.batch_size)[0]

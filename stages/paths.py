@@ -53,3 +53,8 @@ def replay_grid(task: int) -> str:
 SUMMARY = "metrics/summary.json"
 ACCURACY_CSV = "metrics/accuracy_matrix.csv"
 ACCURACY_PNG = "plots/accuracy_matrix.png"
+
+
+def curve(kind: str, task: int | None = None, round: int | None = None) -> str:
+    """A training stage's curve (a CSV that `dvc plots` draws): `round` only when the task has rounds."""
+    return f"plots/curves/{kind}" + ("" if task is None else f"-t{task}") + ("" if round is None else f"-r{round}") + ".csv"

@@ -377,3 +377,43 @@ def test_a_flow_run_after_repro_reruns_nothing_and_publishes_the_science_as_pref
         runs = {r.name: r for r in client.read_task_runs() if r.id == table.task_run_id or r.name == "replay-t1-r0"}
         assert set(runs["report"].tags) >= {"kind:report", "method:guide"}
         assert set(runs["replay-t1-r0"].tags) >= {"kind:replay", "task:1", "round:0", "method:guide"}
+
+
+def test_every_training_stage_writes_its_curve_and_dvc_plots_show_draws_them(repo):
+    """plots/curves/: one CSV per training stage, a row every 50 (diffusion) or 20 (classifier, oracle)
+    steps and at the last; `dvc plots show --json` renders every one with no error."""
+    from params import load_params
+    from pipeline.graph import build_graph
+
+    path, env, _ = repo
+    p = load_params(path / "params.yaml")
+    every = {"diffusion": 50, "classifier": 20, "oracle": 20}
+    curves = []
+    for st in build_graph(p):
+        if st.kind not in every:
+            continue
+        (curve,) = [o for o in st.outs if o.startswith("plots/curves/")]
+        task = int(dict(a.split() for a in st.args).get("--task", 0))
+        rnd = int(dict(a.split() for a in st.args).get("--round", 0))
+        if st.kind == "diffusion":
+            first, last = 0, p.diffusion.steps_first if task == 0 else p.diffusion.steps_later
+        elif st.kind == "oracle":
+            first, last = 0, p.oracle.steps
+        else:
+            per = (p.classifier.steps_first if task == 0 else p.classifier.steps_later) // p.classifier_rounds(task)
+            first, last = rnd * per, (rnd + 1) * per
+        rows = (path / curve).read_text().splitlines()
+        steps = [int(r.split(",")[0]) for r in rows[1:]]
+        assert steps == sorted({s for s in range(first + 1, last + 1) if s % every[st.kind] == 0} | {last}), curve
+        assert all(len(r.split(",")) == len(rows[0].split(",")) and "" not in r.split(",")[:2] for r in rows[1:])
+        curves.append(curve)
+    assert len(curves) == 1 + p.data.num_tasks + sum(p.classifier_rounds(t) for t in range(p.data.num_tasks))
+    shown = json.loads(sh("dvc plots show --json", path, env=env).stdout)
+    assert [e for e in shown.get("errors", []) if e["source"].startswith("plots/curves/")] == []
+    drawn = {v["filename"] for renders in shown["data"].values() for r in renders
+             for v in r["content"].get("data", {}).get("values", []) if "filename" in v}
+    assert {Path(c).name for c in curves} <= drawn, sorted(drawn)
+    # a forced rerun of a training stage writes the same bytes (no timestamp in the curve)
+    before = (path / "plots/curves/oracle.csv").read_bytes()
+    sh("dvc repro -f -s oracle", path, env=env)
+    assert (path / "plots/curves/oracle.csv").read_bytes() == before
