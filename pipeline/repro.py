@@ -37,6 +37,7 @@ class Tracker:
         self.current: tuple[str, float] | None = None
         self.actual = self.projected = 0.0  # seconds of the finished stages: measured, projected
         self.done: list[str] = []
+        self.timings: list[tuple[str, float, float]] = []  # (stage, seconds it took, its projection)
 
     @property
     def scale(self) -> float:
@@ -46,9 +47,11 @@ class Tracker:
     def _finish_current(self, now: float) -> None:
         if self.current is not None:
             name, since = self.current
+            projected = self.estimates.pop(name, 0.0)
             self.actual += now - since
-            self.projected += self.estimates.pop(name, 0.0)
+            self.projected += projected
             self.done.append(name)
+            self.timings.append((name, now - since, projected))
             self.current = None
 
     def start(self, name: str) -> str:
@@ -67,9 +70,17 @@ class Tracker:
         self.estimates.pop(name, None)
 
     def finish(self) -> str:
+        """The closing line: the run's time against its projection, and the same by stage kind."""
         now = self.now()
         self._finish_current(now)
-        return f"[run] {len(self.done)} stages in {clock(now - self.started)} (projected {clock(self.projected)})"
+        kinds: dict[str, list[float]] = {}
+        for name, took, projected in self.timings:
+            k = kinds.setdefault(name.split("-t")[0], [0.0, 0.0])
+            k[0] += took
+            k[1] += projected
+        by_kind = ", ".join(f"{k} {clock(a)}/{clock(b)}" for k, (a, b) in kinds.items())
+        return (f"[run] {len(self.done)} stages in {clock(now - self.started)} (projected {clock(self.projected)}); "
+                f"by kind, took/projected: {by_kind}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,7 +67,7 @@ def test_the_tracker_rescales_what_is_left_by_the_finished_stages(tmp_path):
     assert (state["current"], state["current_left"], state["after"], state["current_since"]) == ("b", 40.0, 60.0, 20.0)
     t.skip("c")  # DVC found it unchanged after all
     now[0] = 50.0
-    assert t.finish() == "[run] 2 stages in 0:50 (projected 0:30)"
+    assert t.finish() == "[run] 2 stages in 0:50 (projected 0:30); by kind, took/projected: a 0:20/0:10, b 0:30/0:20"
 
 
 def test_a_stage_bar_shows_the_whole_runs_time_left(tmp_path, monkeypatch):
