@@ -43,7 +43,7 @@ class Stage:
     deps: tuple[str, ...] = ()
     params: tuple[str, ...] = ()  # params.yaml groups or keys the stage reads
     outs: tuple[str, ...] = ()
-    metrics: tuple[str, ...] = ()  # outputs not cached, shown by `dvc metrics show`
+    metrics: tuple[str, ...] = ()  # outputs not cached, shown by `dvc metrics show` and `dvc exp show`
     plots: tuple[str, ...] = ()  # outputs not cached, images a person looks at
     upstream: tuple[str, ...] = field(default=(), compare=False)  # names of the stages it waits for
     processes: int = 1  # > 1: data parallel, launched by torchrun (run.devices)
@@ -84,7 +84,7 @@ def build_graph(p: Params) -> list[Stage]:
     # the oracle that judges replay, and the diffusion branch as far as some classifier (or the
     # reference's last task) needs it
     if method.uses_diffusion:
-        add("oracle", "oracle", outs=(paths.ORACLE, paths.curve("oracle")), metrics=(paths.ORACLE_METRICS,))
+        add("oracle", "oracle", outs=(paths.ORACLE, paths.ORACLE_METRICS, paths.curve("oracle")))
         last = T if p.diffusion.train_last_task else T - 1
         for t in range(last):
             if t > 0:
@@ -103,21 +103,18 @@ def build_graph(p: Params) -> list[Stage]:
             suffix = f"-r{r}" if rounds > 1 else ""
             init = [paths.classifier(t, r - 1)] if r > 0 else prev
             deps, outs = list(init), [paths.classifier(t, r), paths.curve("classifier", t, r if rounds > 1 else None)]
-            metrics: list[str] = []
             if generated and p.guidance.mode == "rounds":
                 # the round's starting classifier guides GUIDE's replay and measures every method's
                 old_guide = prev if method.guidance == "old" and r > 0 else []
                 add(f"replay-t{t}{suffix}", "replay", t, r, deps=(paths.diffusion(t - 1), *init, *old_guide,
                                                                   paths.ORACLE),
-                    outs=(paths.replay(t, r),), metrics=(paths.replay_metrics(t, r),),
+                    outs=(paths.replay(t, r), paths.replay_metrics(t, r)),
                     plots=(paths.replay_grid(t),) if r == 0 and method.guidance != "none" else ())
                 deps.append(paths.replay(t, r))
             elif generated:  # online: the classifier stage samples its own replay
                 deps += [paths.diffusion(t - 1), paths.ORACLE]
-                outs.append(paths.replay(t, None))
-                metrics.append(paths.replay_metrics(t, None))
+                outs += [paths.replay(t, None), paths.replay_metrics(t, None)]
             add(f"classifier-t{t}{suffix}", "classifier", t, r, deps=deps, outs=outs,
-                metrics=metrics,
                 plots=(paths.replay_grid(t),) if generated and p.guidance.mode == "online" and method.guidance != "none"
                 else ())
         add(f"evaluate-t{t}", "evaluate", t, deps=(paths.classifier(t, rounds - 1),), outs=(paths.evaluation(t),))

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pandas as pd
 
-from guide.io import atomic_path, atomic_write_json
+from guide.io import atomic_path, atomic_write_text
 from guide.mechanism import STATS, VIEWS
 from guide.metrics import METRICS, summarize
 from params import Params
@@ -39,9 +39,10 @@ def replay_summary(files: list[str]) -> dict:
     """Each view's mechanism statistics averaged over the replay shards, weighted by sample count."""
     shards = [json.loads(open(f).read()) for f in files]
     total = sum(s["count"] for s in shards)
-    out = {view: {k: round(sum(s[view][k] * s["count"] for s in shards) / total, 6) for k in STATS}
+    order = ("oracle_accuracy", "current_mass", *(k for k in STATS if k not in ("oracle_accuracy", "current_mass")))
+    out = {view: {k: round(sum(s[view][k] * s["count"] for s in shards) / total, 6) for k in order}
            for view in (*VIEWS, "delta")}
-    return {"count": total, **out}
+    return {**out, "count": total}
 
 
 def run(ctx: Context) -> None:
@@ -50,13 +51,15 @@ def run(ctx: Context) -> None:
     frame = pd.DataFrame(a, index=[f"task {i}" for i in range(n)], columns=[f"after task {j}" for j in range(n)])
     with atomic_path(paths.ACCURACY_CSV) as tmp:
         frame.to_csv(tmp, float_format="%.4f")
-    summary = {**summarize(a), "method": ctx.params.run.method, "seed": ctx.params.run.seed,
-               "num_tasks": n, "accuracy_matrix": [[None if np.isnan(v) else round(v, 4) for v in row] for row in a]}
+    # key order is column order in `dvc exp show`: the headline metrics, replay quality, then the rest
+    summary = summarize(a)
     mechanism = paths.all_replay_metrics(ctx.params)
     if mechanism:
         summary["replay"] = replay_summary(mechanism)
         summary["oracle_test_accuracy"] = json.loads(open(paths.ORACLE_METRICS).read())["test_accuracy"]
-    atomic_write_json(paths.SUMMARY, summary)
+    summary.update({"method": ctx.params.run.method, "seed": ctx.params.run.seed, "num_tasks": n,
+                    "accuracy_matrix": [[None if np.isnan(v) else round(v, 4) for v in row] for row in a]})
+    atomic_write_text(paths.SUMMARY, json.dumps(summary, indent=2) + "\n")
     title = f"{ctx.params.data.dataset}/{n}, {ctx.params.run.method}, seed {ctx.params.run.seed}"
     plots.accuracy_heatmap(paths.ACCURACY_PNG, a, title)
     print(f"accuracy matrix, {title} (row: task, column: after training task)")
