@@ -75,10 +75,16 @@ def train_diffusion(model: nn.Module, ema: EMA, schedule: NoiseSchedule, x: Tens
                     steps: int, batch_size: int, lr: float, weight_decay: float = 0.0,
                     hflip: bool = True, generator: torch.Generator, world: World = World(),
                     callback: Callable[[int, float], None] | None = None,
-                    on_terms: Callable[[int, Tensor, Tensor], None] | None = None) -> list[float]:
+                    on_terms: Callable[[int, Tensor, Tensor], None] | None = None,
+                    resume_from: dict | None = None, save_every: int = 0,
+                    save: Callable[[dict], None] | None = None) -> list[float]:
     """Train the ε-network on (x, y) — real task data and rehearsal together, shuffled, in epochs —
     with AdamW and an EMA of the weights. Returns the per-step losses (of the global batch).
     `on_terms(step, t, losses)`: each step's timesteps and per-sample losses (this rank's share).
+
+    `save(state)` every `save_every` steps (not after the last): the loop's own state — step,
+    optimiser, random streams, data order, losses — for `resume_from`, which continues from it
+    (the caller restores the weights and the EMA). Resumed, the result is bit-identical.
 
     Data parallel over `world`'s ranks: each draws the same global batch (same `generator`) and
     computes the loss on its share; DistributedDataParallel averages the gradients."""
@@ -89,7 +95,12 @@ def train_diffusion(model: nn.Module, ema: EMA, schedule: NoiseSchedule, x: Tens
     part = world.part(batch)
     losses = []
     batches = EpochBatches(len(x), batch, generator)
-    for step in range(steps):
+    start = 0
+    if resume_from is not None:
+        start, losses = resume_from["step"], list(resume_from["losses"])
+        opt.load_state_dict(resume_from["optimizer"])
+        restore_streams(resume_from, generator, batches)
+    for step in range(start, steps):
         idx = batches.next()
         xb, yb = x[idx], y[idx]
         if hflip:  # the reference's RandomHorizontalFlip() under --train_aug: p = 0.5 per image
@@ -105,7 +116,27 @@ def train_diffusion(model: nn.Module, ema: EMA, schedule: NoiseSchedule, x: Tens
             callback(step + 1, losses[-1])
         if terms:
             on_terms(step + 1, *terms[0])
+        if save is not None and save_every and (step + 1) % save_every == 0 and step + 1 < steps:
+            save({"step": step + 1, "losses": list(losses), "optimizer": opt.state_dict(),
+                  **stream_state(generator, batches)})
     return losses
+
+
+def stream_state(generator: torch.Generator, batches: EpochBatches) -> dict:
+    """Every random stream a training loop draws from, and where its data order stands."""
+    state = {"generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+             "batches": (batches.order.clone(), batches.pos)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_streams(state: dict, generator: torch.Generator, batches: EpochBatches) -> None:
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    batches.order, batches.pos = state["batches"]
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
 
 
 def generate(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, *, batch_size: int,

@@ -18,7 +18,7 @@ def _reference(dataset: str, tasks: int, diff_steps: tuple[int, int], rehearsal:
     tests/test_presets_reference.py holds every key against them): guidance regenerated inside the
     classifier loop. `batch` is both commands' --batch_size."""
     return {
-        "run": {"device": "auto"},
+        "run": {"device": "auto", "resume_every": 2000},  # a GPU-hours stage keeps a state every 2000 steps
         "data": {"dataset": dataset, "num_tasks": tasks, "image_size": None},
         "diffusion": {"unet": _REFERENCE_UNET, "steps_first": diff_steps[0], "steps_later": diff_steps[1],
                       "batch_size": batch, "lr": 2e-4, "ema_decay": 0.9999, "hflip": True, "train_last_task": True},

@@ -48,6 +48,9 @@ class Run(Group):
     threads: int = Field(0, ge=0)  # torch CPU threads; 0 keeps torch's default
     # processes (one per GPU) each data-parallel stage runs on, under torchrun; 1: plain python
     devices: PositiveInt = 1
+    # training steps between a training stage's resume states (stages/resume.py); 0: none. Changes no
+    # output, so no stage declares it
+    resume_every: int = Field(500, ge=0)
 
     @field_validator("method")
     @classmethod

@@ -120,6 +120,12 @@ class Context:
         return build_classifier(self.params.classifier.arch, self.data.num_classes, self.data.channels,
                                 self.data.image_size).to(self.device)
 
+    def resume(self):
+        """This stage's resume state (stages/resume.py), every `run.resume_every` steps."""
+        from stages.resume import Resume
+
+        return Resume(self.kind, self.task, self.round, self.params, self.params.run.resume_every, self.world.main)
+
     def load_classifier(self, path: str) -> tuple[torch.nn.Module, dict]:
         ckpt = load_checkpoint(path, map_location=self.device)
         model = self.new_classifier()
@@ -199,6 +205,12 @@ class Curve:
             self.rows.append(",".join([str(step)] + [f"{means[k]:.6g}" if k in means else "" for k in self.columns]))
             log({f"{self.prefix}/{k}": v for k, v in means.items()}, step=step)
             self._reset()
+
+    def state_dict(self) -> dict:
+        return {"rows": list(self.rows), "sums": dict(self.sums), "counts": dict(self.counts)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rows, self.sums, self.counts = list(state["rows"]), dict(state["sums"]), dict(state["counts"])
 
     def write(self) -> None:
         if _MAIN:

@@ -43,6 +43,11 @@ def run(ctx: Context) -> None:
     ema = EMA(model, p.ema_decay)  # every task's EMA starts from the live weights, as the reference's does
     steps = p.steps_first if t == 0 else p.steps_later
     ctx.split(min(p.batch_size, len(x)), "diffusion.batch_size")
+    resume = ctx.resume()
+    state = resume.load()
+    if state is not None:  # a run of this stage with these inputs stopped part-way: go on from there
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
     bar = progress(steps, f"diffusion@{t}")
     schedule = ctx.schedule()
     if p.train_respacing:  # the reference's ImageNet run trains on its ddim250 chain
@@ -50,6 +55,9 @@ def run(ctx: Context) -> None:
     # the loss every 50 steps, overall and by quarter of the timesteps (as the reference logs it)
     curve = Curve(paths.curve("diffusion", t), ("loss", *QUARTERS), every=50, last=steps, prefix="diffusion")
     last = {}
+    if state is not None:
+        curve.load_state_dict(state["curve"])
+        bar.update(state["step"])
 
     def step_done(step: int, loss: float) -> None:
         bar.update(1)
@@ -64,12 +72,15 @@ def run(ctx: Context) -> None:
     losses = train_diffusion(model, ema, schedule, x.to(ctx.device), y.to(ctx.device), steps=steps,
                              batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay, hflip=p.hflip,
                              generator=ctx.generator("train"), world=ctx.world, callback=step_done,
-                             on_terms=by_timestep)
+                             on_terms=by_timestep, resume_from=state, save_every=resume.every,
+                             save=lambda loop: resume.save({**loop, "model": model.state_dict(),
+                                                            "ema": ema.state_dict(), "curve": curve.state_dict()}))
     bar.close()
     curve.write()
     if ctx.world.main:  # one writer: the ranks hold the same weights
         save_checkpoint(paths.diffusion(t), {"model": model.state_dict(), "ema": ema.state_dict(), "task": t,
                                                "losses": torch.tensor(losses)})
+    resume.finish()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -313,7 +313,7 @@ def test_a_failed_stage_under_the_flow_is_one_line_with_the_command_to_resume(re
 
 
 # run settings that choose how to compute, not what: no stage declares them
-EXECUTION = {"run.threads", "run.device"}
+EXECUTION = {"run.threads", "run.device", "run.resume_every"}
 NOT_READ_IN_SMOKE = {"data.image_size", "data.root"}  # real datasets only: the smoke data is synthetic
 
 

@@ -1,6 +1,6 @@
 """The run's plan (pipeline.plan) and the whole run's time left (pipeline.repro, the stages' bars)."""
+import collections
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -102,14 +102,19 @@ def test_repro_plans_the_stages_dvc_runs_and_prints_the_time_left(repo):
     assert sh("dvc status -q", path, env=env, check=False).returncode == 0
 
 
-def test_plan_of_a_preset_prints_every_stage(tmp_path):
+def test_plan_prints_every_stage_and_refuses_bad_params_naming_the_file(tmp_path, monkeypatch, capsys):
+    import pipeline.plan as plan
+
+    rates = {"stage_start": 2.0, "diffusion_step": 0.5, "classifier_step": 0.1, "oracle_step": 0.1,
+             "sample_step": collections.defaultdict(lambda: 0.01)}
+    monkeypatch.setattr(plan, "calibrate", lambda p, shapes: rates)  # the measured rates are not the point here
     (tmp_path / "params.yaml").write_text(dump_params(preset("smoke")))
-    r = subprocess.run([sys.executable, "-m", "pipeline.plan", "--all", "--params", str(tmp_path / "params.yaml")],
-                       capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 0, r.stderr
-    rows = [l for l in r.stdout.splitlines() if l.startswith("| ") and not l.startswith("| stage")]
-    names = [s.name for s in build_graph(preset("smoke"))]
-    assert [row.split(" | ")[0][2:] for row in rows[:-1]] == names and rows[-1].startswith(f"| **all {len(names)}**")
-    bad = subprocess.run([sys.executable, "-m", "pipeline.plan", "--params", str(tmp_path / "nope.yaml")],
-                         capture_output=True, text=True, cwd=ROOT)
-    assert bad.returncode == 2 and "nope.yaml" in bad.stderr
+    assert plan.main(["--all", "--params", str(tmp_path / "params.yaml")]) == 0
+    rows = [l for l in capsys.readouterr().out.splitlines() if l.startswith("| ") and not l.startswith("| stage")]
+    graph = build_graph(preset("smoke"))
+    assert [row.split(" | ")[0][2:] for row in rows[:-1]] == [s.name for s in graph]
+    p = preset("smoke")
+    assert rows[1] == f"| oracle | {p.oracle.steps} oracle steps | 0:{round(2 + 0.1 * p.oracle.steps):02d} |"
+    assert rows[-1].startswith(f"| **all {len(graph)}** |")
+    assert plan.main(["--params", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml" in capsys.readouterr().err

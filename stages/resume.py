@@ -1,0 +1,140 @@
+"""Resume states: a long training stage killed part-way (a pre-empted node, an OOM, a time limit)
+continues from its latest state when it runs again with the same inputs.
+
+Every `run.resume_every` steps a training stage writes everything its output depends on that is not
+yet in its output — weights, optimiser, EMA, every random stream, the data order's position, the
+curve so far — to `.resume/STAGE-KEY.pt`, atomically. `.resume/` is not a DVC output, so DVC does not
+remove it before rerunning the stage. KEY hashes the stage's command, the values of the params it
+declares and the content of every dependency `dvc.yaml` lists for it (its code included): a rerun
+with the same inputs finds the state, any change of input finds none (and the stage's stale states
+are removed). A state that does not load (truncated, corrupt, another version) is reported in one
+line and removed, and the stage starts fresh. The state is removed when the stage succeeds.
+Under torchrun, rank 0 writes and every rank reads.
+
+Resumed output is byte-identical to an uninterrupted run's (tests/test_resume.py).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+RESUME_DIR = ".resume"
+
+
+def _file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _dep_hash(path: Path) -> str:
+    if path.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            h.update(f"{f.relative_to(path).as_posix()}\0{_file_hash(f)}\0".encode())
+        return h.hexdigest()
+    return _file_hash(path) if path.exists() else "missing"
+
+
+def _lookup(tree: dict, dotted: str):
+    node = tree
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def stage_entry(kind: str, task: int, round: int, dvc_yaml: str = "dvc.yaml") -> tuple[str, dict] | None:
+    """This stage's (name, entry) in dvc.yaml, matched by its command; None when there is none."""
+    try:
+        stages = yaml.safe_load(Path(dvc_yaml).read_text())["stages"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    for name, entry in stages.items():
+        words = shlex.split(entry.get("cmd", ""))
+        if f"stages.{kind}" not in words:
+            continue
+        args = dict(zip(words[words.index(f"stages.{kind}") + 1 :: 2], words[words.index(f"stages.{kind}") + 2 :: 2]))
+        if int(args.get("--task", 0)) == task and int(args.get("--round", 0)) == round:
+            return name, entry
+    return None
+
+
+def stage_key(name: str, entry: dict, params: dict) -> str:
+    """What the stage's output depends on: its command, its params' values, its deps' content."""
+    declared = {}
+    for item in entry.get("params", []):
+        for key in (item if isinstance(item, dict) else {item: None}):
+            if isinstance(key, str):
+                declared[key] = _lookup(params, key)
+    blob = {"name": name, "cmd": entry.get("cmd"), "params": declared,
+            "deps": {d: _dep_hash(Path(d)) for d in entry.get("deps", [])}}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Resume:
+    """The resume state of one stage invocation (see the module's doc). Inert when `every` is 0 or
+    when dvc.yaml has no entry for the stage (a stage run by hand outside the graph)."""
+
+    def __init__(self, kind: str, task: int, round: int, params, every: int, main: bool = True,
+                 folder: str = RESUME_DIR):
+        self.every, self.main, self.path = every, main, None
+        found = stage_entry(kind, task, round) if every > 0 else None
+        if found is None:
+            return
+        from params.record import unrecorded
+
+        name, entry = found
+        with unrecorded():  # the key hashes the declared params only; reading the rest is not a use
+            tree = params.model_dump(mode="json")
+        self.path = Path(folder) / f"{name}-{stage_key(name, entry, tree)}.pt"
+        self._stale = [p for p in Path(folder).glob(f"{name}-*.pt") if p != self.path] if Path(folder).is_dir() else []
+
+    def due(self, step: int, last: int) -> bool:
+        """Whether to write a state after `step` (never after the last step: the output follows)."""
+        return self.path is not None and step % self.every == 0 and step < last
+
+    def load(self) -> dict | None:
+        """The latest state of this stage with these inputs, or None (nothing there, or unreadable:
+        reported in one line, removed). States of this stage with other inputs are removed."""
+        if self.path is None:
+            return None
+        if self.main:
+            for p in self._stale:
+                p.unlink(missing_ok=True)
+        if not self.path.exists():
+            return None
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+            if not isinstance(state, dict) or "step" not in state:
+                raise ValueError("not a resume state")
+        except Exception as err:  # truncated, corrupt, foreign: start fresh
+            why = " ".join(str(err).split())[:120]
+            print(f"resume state {self.path} is unreadable ({type(err).__name__}: {why}); starting fresh",
+                  file=sys.stderr)
+            if self.main:
+                self.path.unlink(missing_ok=True)
+            return None
+        print(f"resuming from {self.path} at step {state['step']}", file=sys.stderr)
+        return state
+
+    def save(self, state: dict) -> None:
+        if self.path is None or not self.main:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+    def finish(self) -> None:
+        """The stage succeeded: its state is no longer needed."""
+        if self.path is not None and self.main:
+            self.path.unlink(missing_ok=True)

@@ -1,0 +1,94 @@
+"""Resume states (stages/resume.py): a training stage SIGKILLed part-way continues from its latest
+state when rerun with the same inputs, and its output is byte-identical to an uninterrupted run's."""
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from params import dump_params, preset
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def folder_with(path: Path, **overrides) -> Path:
+    """The project's code, the smoke preset with `overrides` and its dvc.yaml (the resume key reads
+    the stage's entry), at `path`."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if f.endswith(".py") and (ROOT / f).is_file() and f.split("/")[0] in ("guide", "params", "pipeline", "stages"):
+            (path / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, path / f)
+    shutil.copy2(ROOT / "guide/imagenet100_classes.txt", path / "guide/imagenet100_classes.txt")
+    (path / "params.yaml").write_text(dump_params(preset("smoke", **overrides)))
+    subprocess.run([sys.executable, "-m", "pipeline.render"], cwd=path, check=True, capture_output=True)
+    return path
+
+
+def stage(path: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    return subprocess.Popen([sys.executable, "-m", *args], cwd=path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen) -> str:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    return err
+
+
+def kill_after_a_state(proc: subprocess.Popen, folder: Path, timeout: float = 120) -> Path:
+    """SIGKILL the stage as soon as it has written a resume state; returns the state's path."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = list((folder / ".resume").glob("*.pt")) if (folder / ".resume").is_dir() else []
+        if found:
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate()
+            return found[0]
+        assert proc.poll() is None, "the stage finished before writing a resume state"
+        time.sleep(0.02)
+    raise AssertionError("no resume state appeared")
+
+
+DIFFUSION = {"diffusion": {"steps_first": 80, "unet": {"dropout": 0.1}}, "run": {"resume_every": 20}}
+OUTPUTS = ("artifacts/diffusion/task0.pt", "plots/curves/diffusion-t0.csv")
+
+
+def test_a_killed_diffusion_stage_resumes_to_the_same_bytes_and_a_bad_or_stale_state_is_not_used(tmp_path):
+    whole = folder_with(tmp_path / "whole", **DIFFUSION)
+    assert "resuming" not in finish(stage(whole, "stages.diffusion", "--task", "0"))
+    assert not (whole / ".resume").exists() or not list((whole / ".resume").iterdir())  # 80 % 20 == 0: none left
+    expected = {out: (whole / out).read_bytes() for out in OUTPUTS}
+
+    cut = folder_with(tmp_path / "cut", **DIFFUSION)
+    state = kill_after_a_state(stage(cut, "stages.diffusion", "--task", "0"), cut)
+    assert not (cut / OUTPUTS[0]).exists()  # killed: no output that looks finished
+    err = finish(stage(cut, "stages.diffusion", "--task", "0"))
+    assert f"resuming from .resume/{state.name} at step " in err
+    assert {out: (cut / out).read_bytes() for out in OUTPUTS} == expected
+    assert list((cut / ".resume").iterdir()) == []  # removed once the stage succeeded
+
+    # a truncated state: refused in one line, the stage starts fresh (and ends with the same bytes)
+    (cut / OUTPUTS[0]).unlink()
+    state = kill_after_a_state(stage(cut, "stages.diffusion", "--task", "0"), cut)
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    err = finish(stage(cut, "stages.diffusion", "--task", "0"))
+    lines = [line for line in err.splitlines() if "resume state" in line]
+    assert len(lines) == 1 and lines[0].startswith(f"resume state .resume/{state.name} is unreadable (")
+    assert lines[0].endswith("); starting fresh") and "resuming" not in err
+    assert {out: (cut / out).read_bytes() for out in OUTPUTS} == expected
+
+    # a state made under other inputs is not used, and is removed
+    kill_after_a_state(stage(cut, "stages.diffusion", "--task", "0"), cut)
+    (cut / "params.yaml").write_text(dump_params(preset("smoke", **{**DIFFUSION, "diffusion": {
+        **DIFFUSION["diffusion"], "lr": 2e-3}})))
+    assert "resuming" not in finish(stage(cut, "stages.diffusion", "--task", "0"))
+    assert list((cut / ".resume").iterdir()) == []
+    assert (cut / OUTPUTS[0]).read_bytes() != expected[OUTPUTS[0]]
