@@ -208,14 +208,17 @@ def train_classifier(classifier: nn.Module, optimizer: torch.optim.Optimizer, re
                      augment: Callable[[Tensor], Tensor] | None = None, generator: torch.Generator,
                      world: World = World(), epoch_steps: int | None = None,
                      callback: Callable[[int, float], None] | None = None,
-                     on_batch: Callable[[int, float, float], None] | None = None) -> list[float]:
+                     on_batch: Callable[[int, float, float], None] | None = None,
+                     resume_from: dict | None = None, save_every: int = 0,
+                     save: Callable[[dict], None] | None = None) -> list[float]:
     """Train over the global steps `steps` of a task of `total_steps` (so a task can be cut into
     rounds). Each step mixes real task images (shuffled, in epochs) with replay drawn from
     `replay(step)`; the loss is cross-entropy over the logits of the `num_seen` classes seen so far.
     The learning rate follows `annealed_lr` with `epoch_steps` (the reference's), or, when None,
     `linear_lr` (decayed every step). Returns the per-step losses (of the global batch).
     `on_batch(step, accuracy, lr)`: each step's accuracy on its (augmented) training batch and its
-    learning rate.
+    learning rate. `save`, `save_every`, `resume_from`: as in `train_diffusion` (global steps; the
+    caller restores the weights and the replay source).
 
     Data parallel over `world`'s ranks: each draws the same global batch and trains on its share
     (augmented with its own randomness); BN uses the global batch's statistics, DDP averages the
@@ -226,6 +229,10 @@ def train_classifier(classifier: nn.Module, optimizer: torch.optim.Optimizer, re
     net = world.wrap(classifier)
     losses = []
     batches = EpochBatches(len(real_x), n_real, generator)
+    if resume_from is not None:
+        steps, losses = range(resume_from["step"], steps.stop), list(resume_from["losses"])
+        optimizer.load_state_dict(resume_from["optimizer"])
+        restore_streams(resume_from, generator, batches)
     for step in steps:
         for group in optimizer.param_groups:
             group["lr"] = (linear_lr(lr, step, total_steps) if epoch_steps is None
@@ -250,6 +257,9 @@ def train_classifier(classifier: nn.Module, optimizer: torch.optim.Optimizer, re
         if on_batch is not None:
             hits = world.mean((logits.detach().argmax(1) == yb).float().mean()).item()
             on_batch(step + 1, hits, optimizer.param_groups[0]["lr"])
+        if save is not None and save_every and (step + 1) % save_every == 0 and step + 1 < steps.stop:
+            save({"step": step + 1, "losses": list(losses), "optimizer": optimizer.state_dict(),
+                  **stream_state(generator, batches)})
     return losses
 
 

@@ -58,6 +58,12 @@ class ReplayProbe:
                 self.sums[view][k] += float(v.double().sum())
         self.count += len(labels)
 
+    def state_dict(self) -> dict:
+        return {"count": self.count, "sums": {view: dict(sums) for view, sums in self.sums.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.count, self.sums = state["count"], {view: dict(sums) for view, sums in state["sums"].items()}
+
     def result(self) -> dict:
         """Means per view, and guided − unguided per statistic."""
         if not self.count:

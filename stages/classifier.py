@@ -66,6 +66,18 @@ def online_source(ctx: Context, classifier: torch.nn.Module):
         replay_io.draw_grid(ctx, replay, classifier)
     bank = {}
 
+    def state_dict() -> dict:  # for a resume state: where the replay stands
+        return {"noise": noise.get_state(), "scales": scales.get_state(), "bank": dict(bank),
+                "record": {k: list(v) for k, v in record.items()}, "probe": replay.probe.state_dict()}
+
+    def load_state_dict(state: dict) -> None:
+        noise.set_state(state["noise"])
+        scales.set_state(state["scales"])
+        bank.clear()
+        bank.update(state["bank"])
+        record.update({k: list(v) for k, v in state["record"].items()})
+        replay.probe.load_state_dict(state["probe"])
+
     def source(step: int):
         if bank.get("chunk") != layout.chunk(step):
             images, labels, targets = replay.draw(layout.per_chunk, classifier, noise, scales)
@@ -84,6 +96,7 @@ def online_source(ctx: Context, classifier: torch.nn.Module):
                                       {"round": None, "interval": layout.interval, "per_chunk": layout.per_chunk}),
                    extra={"targets": torch.cat(record["targets"])})
 
+    source.state_dict, source.load_state_dict = state_dict, load_state_dict
     return source, save
 
 
@@ -113,15 +126,28 @@ def run(ctx: Context) -> None:
     if method.replay == "generated" and t > 0:
         source, finish = (online_source(ctx, model) if ctx.params.guidance.mode == "online"
                           else round_source(ctx))
+    resume = ctx.resume()
+    state = resume.load()
+    if state is not None:  # a run of this stage with these inputs stopped part-way: go on from there
+        model.load_state_dict(state["model"])
+        if hasattr(source, "load_state_dict"):
+            source.load_state_dict(state["source"])
     bar = progress(per_round, f"classifier@{t}.{r}")
     curve = Curve(paths.curve("classifier", t, r if rounds > 1 else None), ("loss", "accuracy", "lr"), every=20,
                   last=(r + 1) * per_round, prefix="classifier")
     last = {}
+    if state is not None:
+        curve.load_state_dict(state["curve"])
+        bar.update(state["step"] - r * per_round)
 
     def step_done(step: int, loss: float) -> None:
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
         last["loss"] = loss
+
+    def save_state(loop: dict) -> None:
+        resume.save({**loop, "model": model.state_dict(), "curve": curve.state_dict(),
+                     "source": source.state_dict() if hasattr(source, "state_dict") else None})
 
     losses = train_classifier(model, optimizer, x.to(ctx.device), y.to(ctx.device),
                               steps=range(r * per_round, (r + 1) * per_round), total_steps=total,
@@ -130,6 +156,7 @@ def run(ctx: Context) -> None:
                               generator=ctx.generator("batches"), world=ctx.world, callback=step_done,
                               on_batch=lambda step, accuracy, lr: curve.add(step, loss=last["loss"],
                                                                             accuracy=accuracy, lr=lr),
+                              resume_from=state, save_every=resume.every, save=save_state,
                               epoch_steps=len(x) // p.batch_size)  # the reference's 'epoch' for its LR steps
     bar.close()
     curve.write()
@@ -139,6 +166,7 @@ def run(ctx: Context) -> None:
         return
     save_checkpoint(paths.classifier(t, r), {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                                "task": t, "round": r, "losses": torch.tensor(losses)})
+    resume.finish()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,11 +57,17 @@ def kill_after_a_state(proc: subprocess.Popen, folder: Path, timeout: float = 12
     raise AssertionError("no resume state appeared")
 
 
-DIFFUSION = {"diffusion": {"steps_first": 80, "unet": {"dropout": 0.1}}, "run": {"resume_every": 20}}
+# dropout and augmentation on, so the global random stream matters too; online guided replay, so the
+# classifier's state includes the replay's generators, its current bank, what it drew and the probe
+DIFFUSION = {"diffusion": {"steps_first": 80, "unet": {"dropout": 0.1}}, "run": {"resume_every": 20},
+             "guidance": {"mode": "online"}, "classifier": {"steps_later": 100, "augmentation": "digits"}}
 OUTPUTS = ("artifacts/diffusion/task0.pt", "plots/curves/diffusion-t0.csv")
+CLASSIFIER = ("artifacts/classifier/task1/round0.pt", "artifacts/replay/task1/online/shard.pt",
+              "artifacts/replay/task1/online/manifest.json", "metrics/replay/task1.json", "plots/replay/task1.png",
+              "plots/curves/classifier-t1.csv")
 
 
-def test_a_killed_diffusion_stage_resumes_to_the_same_bytes_and_a_bad_or_stale_state_is_not_used(tmp_path):
+def test_killed_diffusion_and_online_classifier_stages_resume_to_the_same_bytes_and_bad_or_stale_states_are_not_used(tmp_path):
     whole = folder_with(tmp_path / "whole", **DIFFUSION)
     assert "resuming" not in finish(stage(whole, "stages.diffusion", "--task", "0"))
     assert not (whole / ".resume").exists() or not list((whole / ".resume").iterdir())  # 80 % 20 == 0: none left
@@ -84,6 +90,18 @@ def test_a_killed_diffusion_stage_resumes_to_the_same_bytes_and_a_bad_or_stale_s
     assert len(lines) == 1 and lines[0].startswith(f"resume state .resume/{state.name} is unreadable (")
     assert lines[0].endswith("); starting fresh") and "resuming" not in err
     assert {out: (cut / out).read_bytes() for out in OUTPUTS} == expected
+
+    # the online classifier of task 1, killed part-way through its guided replay: the same bytes again
+    for st in (("stages.oracle",), ("stages.classifier", "--task", "0"), ("stages.classifier", "--task", "1")):
+        finish(stage(whole, *st))
+    for f in ("artifacts/oracle.pt", "artifacts/classifier/task0/round0.pt"):
+        (cut / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(whole / f, cut / f)  # what those stages would write there: same inputs, same bytes
+    state = kill_after_a_state(stage(cut, "stages.classifier", "--task", "1"), cut)
+    assert state.name.startswith("classifier-t1-")
+    assert f"resuming from .resume/{state.name} at step " in finish(stage(cut, "stages.classifier", "--task", "1"))
+    for out in CLASSIFIER:
+        assert (cut / out).read_bytes() == (whole / out).read_bytes(), out
 
     # a state made under other inputs is not used, and is removed
     kill_after_a_state(stage(cut, "stages.diffusion", "--task", "0"), cut)
