@@ -130,7 +130,7 @@ def calibrate(p: Params, shapes: set[tuple[int, int, bool]], repeats: int = 3) -
     """Seconds per unit of work, measured on this machine with the run's own networks."""
     import torch
 
-    from guide.diffusion import NoiseSchedule, epsilon_loss
+    from guide.diffusion import EMA, NoiseSchedule, epsilon_loss
     from guide.guidance import ClassGuidance
     from guide.models import UNet, build_classifier
     from guide.samplers import predict
@@ -147,12 +147,15 @@ def calibrate(p: Params, shapes: set[tuple[int, int, bool]], repeats: int = 3) -
     b = p.diffusion.batch_size
     x, y = torch.randn(b, ch, size, size), torch.randint(0, k, (b,))
     opt = torch.optim.AdamW(unet.parameters(), lr=1e-4)
+    ema = EMA(unet, p.diffusion.ema_decay)
 
-    def train():
-        loss = epsilon_loss(unet, schedule, x, y, gen)
+    def train():  # as the stage's loop does it: the step, the EMA, the per-sample terms of its curve
+        loss = epsilon_loss(unet, schedule, x, y, gen, terms=[])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        ema.update(unet)
+        loss.item()
     unet.train()
     out["diffusion_step"] = _median_time(train, repeats)
 

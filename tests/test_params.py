@@ -60,7 +60,8 @@ def test_committed_params_yaml_is_the_default_run_with_every_key():
     assert (p.data.dataset, p.data.num_tasks, p.run.method) == ("mnist5k", 5, "guide")
     assert raw == Params.model_validate(raw).model_dump(mode="json")  # no key left to a default
     assert p.tracking.wandb == "disabled"
-    assert p == Params() == preset("mnist5k")  # one default configuration, not three
+    assert p == preset("demo")  # the default run is the demo preset, every key written out
+    assert Params() == preset("mnist5k")  # and the schema's defaults are the evidence's preset
 
 
 def test_every_choice_in_the_schema_is_the_cores_registry():
