@@ -39,10 +39,13 @@ class Tracker:
         self.done: list[str] = []
         self.timings: list[tuple[str, float, float]] = []  # (stage, seconds it took, its projection)
 
+    PRIOR_S = 60.0  # the projection's weight, in seconds of stages, against the first measured ones
+
     @property
     def scale(self) -> float:
-        """How the finished stages' time compared with their projection (1 until one finished)."""
-        return self.actual / self.projected if self.projected else 1.0
+        """How the finished stages' time compared with their projection (1 until one finished),
+        damped so that a few seconds of small stages do not swing the whole estimate."""
+        return (self.actual + self.PRIOR_S) / (self.projected + self.PRIOR_S)
 
     def _finish_current(self, now: float) -> None:
         if self.current is not None:

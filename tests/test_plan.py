@@ -61,13 +61,15 @@ def test_the_tracker_rescales_what_is_left_by_the_finished_stages(tmp_path):
     now = [0.0]
     t = Tracker({"a": 10.0, "b": 20.0, "c": 30.0}, tmp_path / "p.json", clock_=lambda: now[0])
     assert t.start("a") == "[run] a: stage 1/3 · 0:00 so far · ≈1:00 left"
-    now[0] = 20.0  # a took twice its projection: the rest is projected twice as long
-    assert t.start("b") == "[run] b: stage 2/3 · 0:20 so far · ≈1:40 left"
+    now[0] = 130.0  # a took 130 s against 10 projected: the rest is scaled by (130 + 60) / (10 + 60)
+    scale = (130 + Tracker.PRIOR_S) / (10 + Tracker.PRIOR_S)
+    assert t.start("b") == f"[run] b: stage 2/3 · 2:10 so far · ≈{round(50 * scale) // 60}:{round(50 * scale) % 60:02d} left"
     state = json.loads((tmp_path / "p.json").read_text())
-    assert (state["current"], state["current_left"], state["after"], state["current_since"]) == ("b", 40.0, 60.0, 20.0)
+    assert state["current"] == "b" and state["current_since"] == 130.0
+    assert (state["current_left"], state["after"]) == pytest.approx((20 * scale, 30 * scale))
     t.skip("c")  # DVC found it unchanged after all
-    now[0] = 50.0
-    assert t.finish() == "[run] 2 stages in 0:50 (projected 0:30); by kind, took/projected: a 0:20/0:10, b 0:30/0:20"
+    now[0] = 160.0
+    assert t.finish() == "[run] 2 stages in 2:40 (projected 0:30); by kind, took/projected: a 2:10/0:10, b 0:30/0:20"
 
 
 def test_a_stage_bar_shows_the_whole_runs_time_left(tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
-"""The frontier of the default run's cost against its accuracy: every measured point of
-`frontier.sh` (results/diffusion_size/frontier/NAME/runs.json) and the `mnist5k` preset itself (seed 0
-of results/compare/mnist5k-faithful), with
+"""The frontier of the MNIST-5k run's cost against its accuracy: every measured point of `frontier.sh`
+(results/diffusion_size/frontier/NAME/runs.json), the `mnist5k` preset itself (seed 0 of
+results/compare/mnist5k-faithful) and the default run (`demo`, the committed metrics/summary.json), with
 
 - the diffusion training TFLOPs of the whole run (FLOPs of one training step at the point's width and
   batch, counted by torch's FlopCounterMode, × its steps),
@@ -39,6 +39,10 @@ def points() -> list[dict]:
     base = json.loads((ROOT / "results/compare/mnist5k-faithful/runs.json").read_text())
     (seed0,) = [r for r in base["runs"] if r["method"] == "guide" and r["seed"] == 0]
     out.append({"name": "mnist5k (32 ch, 2000/1200)", "set": [], "run": seed0})
+    summary = json.loads((ROOT / "metrics/summary.json").read_text())  # the committed default run: demo
+    out.append({"name": "**demo** (the default run)", "set": [], "preset": "demo",
+                "run": {"final_average_accuracy": summary["final_average_accuracy"],
+                        "replay_unguided_oracle_accuracy": summary["replay"]["unguided"]["oracle_accuracy"]}})
     for f in sorted((HERE / "frontier").glob("*/runs.json")):
         d = json.loads(f.read_text())
         (run,) = d["runs"]
@@ -65,10 +69,10 @@ def main() -> None:
     torch.set_num_threads(2)
     rows = []
     for pt in points():
-        p = run_params("mnist5k", "guide", 0, parse_sets(pt["set"], "mnist5k"))
+        p = run_params(pt.get("preset", "mnist5k"), "guide", 0, parse_sets(pt["set"], "mnist5k"))
         plan = make_plan(p)
         r = pt["run"]
-        rows.append({"name": pt["name"], "set": " ".join(pt["set"]) or "(the preset)",
+        rows.append({"name": pt["name"], "set": " ".join(pt["set"]) or f"(the {pt.get('preset', 'mnist5k')} preset)",
                      "tflops": train_flops(p) / 1e12, "projected_s": plan.total,
                      "final": r["final_average_accuracy"], "replay": r["replay_unguided_oracle_accuracy"]})
         print(rows[-1], flush=True)
