@@ -95,9 +95,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # ParamsError or a missing file: one line naming it
         print(f"error: {e}", file=sys.stderr)
         return 2
-    names = to_run(".")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     dvc = [sys.executable, "-m", "dvc", "repro", *args]
+    try:
+        names = to_run(".")
+    except Exception as err:  # not a DVC repository, an unreadable lock: DVC itself says what is wrong
+        print(f"[run] no plan ({type(err).__name__}: {' '.join(str(err).split())[:200]}); running dvc repro",
+              flush=True)
+        names = []
     if not names:
         return subprocess.call(dvc, env=env)
     t0 = time.perf_counter()
