@@ -5,7 +5,7 @@ results/compare/mnist5k-faithful) and the default run (`demo`, the committed met
 - the diffusion training TFLOPs of the whole run (FLOPs of one training step at the point's width and
   batch, counted by torch's FlopCounterMode, × its steps),
 - the projected cold `dvc repro` time on this machine (`pipeline.plan`: every stage's work timed by
-  per-step costs measured here; run it on an idle machine),
+  per-step costs measured here, once per network and batch size; run it on an idle machine),
 - the measured final average accuracy and the oracle's recognition of unguided replay.
 
     python results/diffusion_size/frontier.py      (from the repository root, in the venv)
@@ -47,6 +47,11 @@ def points() -> list[dict]:
         d = json.loads(f.read_text())
         (run,) = d["runs"]
         out.append({"name": f.parent.name, "set": d["set"], "run": run})
+    for f in sorted((HERE / "frontier").glob("*/point.json")):  # a point measured as the default run then
+        d, summary = json.loads(f.read_text()), json.loads((f.parent / "summary.json").read_text())
+        out.append({"name": f.parent.name, "set": d["set"], "run": {
+            "final_average_accuracy": summary["final_average_accuracy"],
+            "replay_unguided_oracle_accuracy": summary["replay"]["unguided"]["oracle_accuracy"]}})
     return out
 
 
