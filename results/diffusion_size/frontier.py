@@ -29,7 +29,8 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from guide.diffusion import NoiseSchedule, epsilon_loss  # noqa: E402
 from guide.models import UNet  # noqa: E402
 from pipeline.compare import parse_sets, run_params  # noqa: E402
-from pipeline.plan import make_plan  # noqa: E402
+from pipeline.graph import build_graph  # noqa: E402
+from pipeline.plan import calibrate, make_plan, stage_work  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
@@ -73,9 +74,20 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
     rows = []
-    for pt in points():
-        p = run_params(pt.get("preset", "mnist5k"), "guide", 0, parse_sets(pt["set"], "mnist5k"))
-        plan = make_plan(p)
+    pts = [(pt, run_params(pt.get("preset", "mnist5k"), "guide", 0, parse_sets(pt["set"], "mnist5k"))) for pt in points()]
+    # one calibration per network and batch configuration, shared by the points that have it, so
+    # points differing only in step counts are projected with the same per-step costs
+    def config(p):
+        return json.dumps([p.diffusion.unet.model_dump(), p.diffusion.batch_size, p.classifier.arch,
+                           p.classifier.batch_size, p.oracle.batch_size], sort_keys=True)
+    shapes: dict[str, set] = {}
+    for _, p in pts:
+        for st in build_graph(p):
+            shapes.setdefault(config(p), set()).update(stage_work(st, p).sampling)
+    rates = {key: calibrate(next(p for _, p in pts if config(p) == key), shape, repeats=7)
+             for key, shape in shapes.items()}
+    for pt, p in pts:
+        plan = make_plan(p, rates=rates[config(p)])
         r = pt["run"]
         rows.append({"name": pt["name"], "set": " ".join(pt["set"]) or f"(the {pt.get('preset', 'mnist5k')} preset)",
                      "tflops": train_flops(p) / 1e12, "projected_s": plan.total,
