@@ -70,12 +70,12 @@ _OVERRIDES: dict[str, dict] = {
     "cifar100_10": _reference("cifar100", 10, (100_000, 100_000), 5_000, 1.0, "ddim100", (0.1, 0.05), (10000, 2000), 10),
 }
 # The default run (params.yaml, `make demo`): the mnist5k run cut to fit 20 minutes on the slowest
-# machine of our kind (2-core AVX2 EPYC), install included — a 16-channel UNet trained 1000 / 500
+# machine of our kind (2-core AVX2 EPYC), install included — a 16-channel UNet trained 800 / 600
 # steps at twice the learning rate, replay regenerated every 10 classifier steps, and an oracle (the
 # judge of replay, not part of the method) of 500 steps. The cost-accuracy frontier this point was
 # picked from: results/diffusion_size/frontier.md; the README says what it gives up.
 _OVERRIDES["demo"] = _merge(_OVERRIDES["mnist5k"], {
-    "diffusion": {"unet": {"model_channels": 16}, "steps_first": 1000, "steps_later": 500, "lr": 2e-3},
+    "diffusion": {"unet": {"model_channels": 16}, "steps_first": 800, "steps_later": 600, "lr": 2e-3},
     "classifier": {"interval": 10}, "oracle": {"steps": 500}})
 # Fashion-MNIST/5 with the mnist5k run's 2-core sizing (files from the Debian package dataset-fashion-mnist).
 _OVERRIDES["fashion_mnist5"] = _merge(_OVERRIDES["mnist5k"], {"data": {"dataset": "fashion_mnist"}})
