@@ -24,8 +24,8 @@ from guide.io import atomic_write_text
 from params import load_params
 from stages.common import RUN_PROGRESS, clock
 
-STARTS = re.compile(r"^Running stage '(?P<name>[^']+)'")
-SKIPS = re.compile(r"^Stage '(?P<name>[^']+)' (didn't change|is cached)")
+STARTS = re.compile(r"Running stage '(?P<name>[^']+)'")  # anywhere in the line: a bar's leftovers may precede it
+SKIPS = re.compile(r"Stage '(?P<name>[^']+)' (didn't change|is cached)")
 
 
 class Tracker:
@@ -116,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         assert proc.stdout is not None
         try:
             for line in proc.stdout:
-                if m := STARTS.match(line):
+                if m := STARTS.search(line):
                     print(tracker.start(m["name"]), flush=True)
-                elif m := SKIPS.match(line):
+                elif m := SKIPS.search(line):
                     tracker.skip(m["name"])
                 sys.stdout.write(line)
                 sys.stdout.flush()
