@@ -27,12 +27,19 @@ def reads(kind: str, p: Params, task: int | None = None, round: int | None = Non
 
 
 UNCACHED = ("metrics/", "plots/")  # results a person reads: DVC keeps them out of its cache, git holds them
+# ... except the training curves: a stage with an uncached output is never restored from DVC's run
+# cache, and the diffusion stages must be (queued experiments and comparisons share them that way)
+CACHED_PLOTS = ("plots/curves/",)
+
+
+def is_uncached(output: str) -> bool:
+    return output.startswith(UNCACHED) and not output.startswith(CACHED_PLOTS)
 
 
 def uncached(outputs) -> list[str]:
     """The outputs DVC keeps out of its cache (dvc.yaml says `cache: false` for them), so a DVC remote
     does not carry them either."""
-    return [o for o in outputs if o.startswith(UNCACHED)]
+    return [o for o in outputs if is_uncached(o)]
 
 
 @dataclass(frozen=True)

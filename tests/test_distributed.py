@@ -65,8 +65,8 @@ def test_the_smoke_diffusion_stage_on_two_gloo_processes_takes_the_one_process_s
     only rank 0 writes the checkpoint."""
     one = _diffusion_t0(tmp_path / "one", 1)
     two = _diffusion_t0(tmp_path / "two", 2)
-    assert len(one) == 1 and one[0].endswith("diffusion/task0.pt")
-    assert two == ["0 " + one[0].split(" ", 1)[1]]  # written once, by rank 0
+    assert sorted(w.split(" ", 1)[1] for w in one) == ["artifacts/diffusion/task0.pt", "plots/curves/diffusion-t0.csv"]
+    assert sorted(two) == sorted("0 " + w.split(" ", 1)[1] for w in one)  # each written once, by rank 0
     a = torch.load(tmp_path / "one" / "artifacts" / "diffusion" / "task0.pt", weights_only=False)
     b = torch.load(tmp_path / "two" / "artifacts" / "diffusion" / "task0.pt", weights_only=False)
     assert len(a["losses"]) == 30
@@ -159,11 +159,13 @@ def test_classifier_and_sampling_stages_on_two_gloo_processes_match_one_process(
     assert [w.split()[0] for w in _launch(two, 2, "rehearsal", "--task", "1")] == ["0", "0"]
     writes = _launch(two, 2, "replay", "--task", "1", "--round", "0")
     assert {w.split()[0] for w in writes} == {"0"} and len(writes) == len(set(writes))
-    assert _launch(two, 2, "classifier", "--task", "1", "--round", "0") == ["0 artifacts/classifier/task1/round0.pt"]
+    assert sorted(_launch(two, 2, "classifier", "--task", "1", "--round", "0")) == [
+        "0 artifacts/classifier/task1/round0.pt", "0 plots/curves/classifier-t1-r0.csv"]
     for path in made[:-1]:
         assert (two / path).read_bytes() == (one / path).read_bytes(), path
     (two / "artifacts/classifier/task0/round0.pt").unlink()
-    assert _launch(two, 2, "classifier", "--task", "0") == ["0 artifacts/classifier/task0/round0.pt"]
+    assert sorted(_launch(two, 2, "classifier", "--task", "0")) == [
+        "0 artifacts/classifier/task0/round0.pt", "0 plots/curves/classifier-t0.csv"]
 
     for path in ("artifacts/classifier/task0/round0.pt", "artifacts/classifier/task1/round0.pt"):
         a, b = (torch.load(f / path, weights_only=False) for f in (one, two))

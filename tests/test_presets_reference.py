@@ -301,7 +301,7 @@ BEHAVIOUR = {
 # Our params with no reference setting: the oracle (judges replay), evaluation, tracking, and how
 # the run is executed (device, threads, data-parallel processes).
 OURS_ONLY_GROUPS = ("oracle.", "evaluate.", "tracking.", "data.synthetic.")
-OURS_ONLY = {"run.device", "run.threads", "run.devices", "data.root"}
+OURS_ONLY = {"run.device", "run.threads", "run.devices", "run.resume_every", "data.root"}
 
 PRESETS = tuple(COMMANDS)
 
