@@ -27,13 +27,14 @@ def reads(kind: str, p: Params, task: int | None = None, round: int | None = Non
 
 
 UNCACHED = ("metrics/", "plots/")  # results a person reads: DVC keeps them out of its cache, git holds them
-# ... except the training curves: a stage with an uncached output is never restored from DVC's run
-# cache, and the diffusion stages must be (queued experiments and comparisons share them that way)
-CACHED_PLOTS = ("plots/curves/",)
+# ... except the training curves and the per-shard measurements (the summary averages them): DVC's
+# run cache never restores a stage with an uncached output that is not declared a metric or a plot,
+# and queued experiments and comparisons share the diffusion stages and the oracle that way
+CACHED = ("plots/curves/", "metrics/replay/", "metrics/oracle.json")
 
 
 def is_uncached(output: str) -> bool:
-    return output.startswith(UNCACHED) and not output.startswith(CACHED_PLOTS)
+    return output.startswith(UNCACHED) and not output.startswith(CACHED)
 
 
 def uncached(outputs) -> list[str]:
