@@ -43,20 +43,14 @@ from guide.guidance import ClassGuidance
 from guide.models import UNet, build_classifier
 from guide.samplers import predict
 from params import preset
+from pipeline.plan import median_time
 
 DEFAULT = preset("mnist5k")  # the default run's params.yaml (16x16 single-channel digits, 10 classes)
 
 
 def timed(fn, repeats: int, warmup: int = 3) -> float:
     """Median seconds of `fn()` over `repeats` calls after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
+    return median_time(fn, repeats, warmup)
 
 
 def flops(fn) -> int:

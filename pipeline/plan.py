@@ -115,7 +115,8 @@ def stage_work(stage, p: Params) -> Work:
 
 
 # --- calibration -------------------------------------------------------------------------------
-def _median_time(fn, repeats: int, warmup: int = 1) -> float:
+def median_time(fn, repeats: int, warmup: int = 1) -> float:
+    """Median seconds of `fn()` over `repeats` calls after `warmup` calls (benchmarks/ times with it too)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -157,7 +158,7 @@ def calibrate(p: Params, shapes: set[tuple[int, int, bool]], repeats: int = 3) -
         ema.update(unet)
         loss.item()
     unet.train()
-    out["diffusion_step"] = _median_time(train, repeats)
+    out["diffusion_step"] = median_time(train, repeats)
 
     unet.eval().requires_grad_(False)
     cls = build_classifier(p.classifier.arch, k, ch, size).eval().requires_grad_(False)
@@ -166,7 +167,7 @@ def calibrate(p: Params, shapes: set[tuple[int, int, bool]], repeats: int = 3) -
         xs, ys = torch.randn(n, ch, size, size), torch.randint(0, max(1, k - 1), (n,))
         t = torch.full((n,), schedule.num_steps // 2, dtype=torch.long)
         g = ClassGuidance(cls, "new", torch.full((n,), 0.1), num_seen=k, current=range(k - 1, k)) if guided else None
-        out["sample_step"][f"{n},{int(guided)}"] = _median_time(lambda: predict(unet, schedule, xs, t, ys, g), repeats)
+        out["sample_step"][f"{n},{int(guided)}"] = median_time(lambda: predict(unet, schedule, xs, t, ys, g), repeats)
 
     def cls_step(model, batch, opt_):
         xb, yb = torch.randn(batch, ch, size, size), torch.randint(0, k, (batch,))
@@ -179,7 +180,7 @@ def calibrate(p: Params, shapes: set[tuple[int, int, bool]], repeats: int = 3) -
         return step
     for name, batch in (("classifier_step", p.classifier.batch_size), ("oracle_step", p.oracle.batch_size)):
         model = build_classifier(p.classifier.arch if name == "classifier_step" else "small_cnn", k, ch, size).train()
-        out[name] = _median_time(cls_step(model, batch, torch.optim.SGD(model.parameters(), lr=0.01)), repeats * 2)
+        out[name] = median_time(cls_step(model, batch, torch.optim.SGD(model.parameters(), lr=0.01)), repeats * 2)
     out["stage_start"] = stage_start_seconds()
     return out
 

@@ -36,7 +36,6 @@ class Tracker:
         self.started = self.now()
         self.current: tuple[str, float] | None = None
         self.actual = self.projected = 0.0  # seconds of the finished stages: measured, projected
-        self.done: list[str] = []
         self.timings: list[tuple[str, float, float]] = []  # (stage, seconds it took, its projection)
 
     PRIOR_S = 60.0  # the projection's weight, in seconds of stages, against the first measured ones
@@ -53,7 +52,6 @@ class Tracker:
             projected = self.estimates.pop(name, 0.0)
             self.actual += now - since
             self.projected += projected
-            self.done.append(name)
             self.timings.append((name, now - since, projected))
             self.current = None
 
@@ -65,8 +63,8 @@ class Tracker:
         after = sum(v for k, v in self.estimates.items() if k != name) * self.scale
         atomic_write_text(str(self.path), json.dumps({"current": name, "current_left": own,
                                                       "current_since": now, "after": after}))
-        total = len(self.done) + len(self.estimates)
-        return (f"[run] {name}: stage {len(self.done) + 1}/{total} · {clock(now - self.started)} so far · "
+        total = len(self.timings) + len(self.estimates)
+        return (f"[run] {name}: stage {len(self.timings) + 1}/{total} · {clock(now - self.started)} so far · "
                 f"≈{clock(own + after)} left")
 
     def skip(self, name: str) -> None:
@@ -82,7 +80,7 @@ class Tracker:
             k[0] += took
             k[1] += projected
         by_kind = ", ".join(f"{k} {clock(a)}/{clock(b)}" for k, (a, b) in kinds.items())
-        return (f"[run] {len(self.done)} stages in {clock(now - self.started)} (projected {clock(self.projected)}); "
+        return (f"[run] {len(self.timings)} stages in {clock(now - self.started)} (projected {clock(self.projected)}); "
                 f"by kind, took/projected: {by_kind}")
 
 
