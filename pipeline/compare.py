@@ -75,8 +75,17 @@ def scratch_repo(workdir: Path, cache_dir: Path, params_text: str | None = None)
         subprocess.run([sys.executable, "-m", "pipeline.render"], cwd=workdir, check=True, env=_env(),
                        capture_output=True)
     fresh = not (workdir / ".git").exists()
-    subprocess.run(("git init -q && " if fresh else "") + "git add -A && (git diff --cached --quiet || "
-                   "git -c user.name=scratch -c user.email=scratch@localhost commit -qm 'project files')",
+    subprocess.run(("git init -q && " if fresh else "") + "git add -A", shell=True, cwd=workdir, check=True)
+    # DVC's outputs stay out of git: one that moved from git to DVC's cache since this workdir was made
+    # would otherwise still be tracked here, and DVC refuses to run its stage
+    stages = yaml.safe_load((workdir / "dvc.yaml").read_text())["stages"]
+    cached = [o for st in stages.values() for out in st.get("outs", [])
+              for o in ([out] if isinstance(out, str) else list(out))
+              if isinstance(out, str) or (out[o] or {}).get("cache", True) is not False]
+    subprocess.run(["git", "rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", *cached],
+                   cwd=workdir, check=True, capture_output=True)
+    subprocess.run("git diff --cached --quiet || "
+                   "git -c user.name=scratch -c user.email=scratch@localhost commit -qm 'project files'",
                    shell=True, cwd=workdir, check=True)
     if fresh:
         cache_dir.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,17 @@ def test_compare_trains_each_seeds_diffusion_once(tmp_path):
     assert (out / "summary.csv").exists() and (out / "runs.csv").exists() and (out / "paired.csv").exists()
     assert "replay_unguided_oracle_accuracy" in (out / "runs.csv").read_text().splitlines()[0]
 
+    # a workdir from before an output moved from git to DVC's cache: the next comparison untracks it
+    # (or DVC refuses to run its stage: "output 'metrics/oracle.json' is already tracked by SCM")
+    from pipeline.compare import scratch_repo
+
+    work = tmp_path / "work"
+    subprocess.run("git add -f metrics/oracle.json && git -c user.name=t -c user.email=t@t commit -qm old",
+                   shell=True, cwd=work, check=True)
+    scratch_repo(work, tmp_path / "cache")
+    tracked = subprocess.run(["git", "ls-files"], cwd=work, capture_output=True, text=True, check=True).stdout
+    assert "metrics/oracle.json" not in tracked.split() and "params.yaml" in tracked.split()
+
 
 @pytest.mark.parametrize("pairs,named", [(["diffusion.nope=1"], "diffusion.nope"),
                                          (["replay.rounds=many"], "replay.rounds"),
