@@ -68,28 +68,27 @@ CLASSIFIER = ("artifacts/classifier/task1/round0.pt", "artifacts/replay/task1/on
 
 
 def test_killed_diffusion_and_online_classifier_stages_resume_to_the_same_bytes_and_bad_or_stale_states_are_not_used(tmp_path):
-    whole = folder_with(tmp_path / "whole", **DIFFUSION)
-    assert "resuming" not in finish(stage(whole, "stages.diffusion", "--task", "0"))
-    assert not (whole / ".resume").exists() or not list((whole / ".resume").iterdir())  # 40 % 10 == 0: none left
-    expected = {out: (whole / out).read_bytes() for out in OUTPUTS}
-
+    # killed right after its first state (step 10 of 40), then rerun: it resumes there
     cut = folder_with(tmp_path / "cut", **DIFFUSION)
     state = kill_after_a_state(stage(cut, "stages.diffusion", "--task", "0"), cut)
+    saved = state.read_bytes()  # written atomically: complete once it has its name
     assert not (cut / OUTPUTS[0]).exists()  # killed: no output that looks finished
     err = finish(stage(cut, "stages.diffusion", "--task", "0"))
     assert f"resuming from .resume/{state.name} at step " in err
-    assert {out: (cut / out).read_bytes() for out in OUTPUTS} == expected
     assert list((cut / ".resume").iterdir()) == []  # removed once the stage succeeded
 
-    # a truncated state: refused in one line, the stage starts fresh (and ends with the same bytes)
-    (cut / OUTPUTS[0]).unlink()
-    state = kill_after_a_state(stage(cut, "stages.diffusion", "--task", "0"), cut)
-    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
-    err = finish(stage(cut, "stages.diffusion", "--task", "0"))
+    # the uninterrupted run, in a second folder with the same inputs (so the same key), finding a
+    # truncated copy of that state: refused in one line, it starts fresh and ends with the resumed bytes
+    whole = folder_with(tmp_path / "whole", **DIFFUSION)
+    (whole / ".resume").mkdir()
+    (whole / ".resume" / state.name).write_bytes(saved[: len(saved) // 2])
+    err = finish(stage(whole, "stages.diffusion", "--task", "0"))
     lines = [line for line in err.splitlines() if "resume state" in line]
     assert len(lines) == 1 and lines[0].startswith(f"resume state .resume/{state.name} is unreadable (")
     assert lines[0].endswith("); starting fresh") and "resuming" not in err
-    assert {out: (cut / out).read_bytes() for out in OUTPUTS} == expected
+    assert list((whole / ".resume").iterdir()) == []  # 40 % 10 == 0: none left at the end
+    for out in OUTPUTS:
+        assert (cut / out).read_bytes() == (whole / out).read_bytes(), out
 
     # the online classifier of task 1, killed part-way through its guided replay: the same bytes again
     for st in (("stages.oracle",), ("stages.classifier", "--task", "0"), ("stages.classifier", "--task", "1")):
@@ -97,14 +96,15 @@ def test_killed_diffusion_and_online_classifier_stages_resume_to_the_same_bytes_
     for f in ("artifacts/oracle.pt", "artifacts/classifier/task0/round0.pt"):
         (cut / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(whole / f, cut / f)  # what those stages would write there: same inputs, same bytes
-    state = kill_after_a_state(stage(cut, "stages.classifier", "--task", "1"), cut)
-    assert state.name.startswith("classifier-t1-")
-    assert f"resuming from .resume/{state.name} at step " in finish(stage(cut, "stages.classifier", "--task", "1"))
+    cstate = kill_after_a_state(stage(cut, "stages.classifier", "--task", "1"), cut)
+    assert cstate.name.startswith("classifier-t1-")
+    assert f"resuming from .resume/{cstate.name} at step " in finish(stage(cut, "stages.classifier", "--task", "1"))
     for out in CLASSIFIER:
         assert (cut / out).read_bytes() == (whole / out).read_bytes(), out
 
-    # a state made under other inputs is not used, and is removed
-    kill_after_a_state(stage(cut, "stages.diffusion", "--task", "0"), cut)
+    # a state made under other inputs (the diffusion state from above, after a param changed) is not
+    # used, and is removed
+    (cut / ".resume" / state.name).write_bytes(saved)
     (cut / "params.yaml").write_text(dump_params(preset("smoke", **{**DIFFUSION, "diffusion": {
         **DIFFUSION["diffusion"], "lr": 2e-3, "steps_first": 10}})))
     assert "resuming" not in finish(stage(cut, "stages.diffusion", "--task", "0"))
