@@ -11,6 +11,8 @@ after `dvc repro` a flow run reruns nothing, and after a flow run `dvc status` i
     python -m pipeline.flow --runner ray    # ... or Ray (--address ray://HOST:10001; --stage-gpus 1 on GPU workers)
     python -m pipeline.flow --runner dask --exchange remote   # workers without the driver's folder:
                                             # data through the default DVC remote (pipeline/exchange.py)
+    python -m pipeline.flow --serve         # serve the deployment that launches runs from the Prefect UI,
+                                            # each a DVC experiment (pipeline/deploy.py)
     prefect server start                    # then, in another shell, set PREFECT_API_URL and run:
     PREFECT_API_URL=http://127.0.0.1:4200/api python -m pipeline.flow   # watch it at http://127.0.0.1:4200
 
@@ -467,7 +469,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repo-url", help="with --exchange remote: the git URL workers clone (default: --root)")
     ap.add_argument("--stage-gpus", type=float, default=0.0,
                     help="with --runner ray: GPUs each training or sampling stage asks for (default 0)")
+    ap.add_argument("--serve", action="store_true",
+                    help="serve the deployment guide-experiment/guide: runs launched from the Prefect UI (or "
+                         "`prefect deployment run`) with params overrides, each recorded as a DVC experiment "
+                         "(pipeline/deploy.py); runs until interrupted")
     args = ap.parse_args(argv)
+    if args.serve and (args.runner != "threads" or args.exchange != "shared"):
+        ap.error("--serve runs the graph on threads of the served process (no --runner/--exchange)")
     if args.address and args.runner == "threads":
         ap.error("--address needs --runner dask or ray")
     if args.exchange == "remote" and args.runner == "threads":
@@ -482,6 +490,25 @@ def main(argv: list[str] | None = None) -> int:
                  "0.0.0.0`) and set PREFECT_API_URL to it")
     global _repository
     root, cwd = os.path.abspath(args.root), os.getcwd()
+    if args.serve:
+        from pipeline.deploy import DEPLOYMENT, FLOW, serve
+
+        try:
+            os.chdir(root)  # the deployment's entry point is pipeline/deploy.py, relative to the repository
+            load_params(Path(root) / args.params)
+            with prefect_api() as (url, started):
+                print(f"Prefect API: {url}" + (" (a temporary server: set PREFECT_API_URL to a `prefect server "
+                                               "start` to use its UI)" if started else ""), flush=True)
+                print(f"serving {FLOW}/{DEPLOYMENT} for {root}: in the UI, Deployments → {DEPLOYMENT} → Run → "
+                      f"Custom run; or `prefect deployment run {FLOW}/{DEPLOYMENT} --param "
+                      "'overrides={\"guidance.scale\": 0.5}'`", flush=True)
+                serve(root, args.workers)
+        except ParamsError as err:
+            print(f"pipeline.flow: {err}", file=sys.stderr)
+            return 2
+        finally:
+            os.chdir(cwd)
+        return 0
     try:
         os.chdir(root)  # DVC resolves stage targets against the working directory
         load_params(Path(root) / args.params)

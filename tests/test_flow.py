@@ -14,6 +14,7 @@ from pipeline.flow import GPU_KINDS, main, resources
     (["--runner", "dask", "--stage-gpus", "1"], "--stage-gpus needs --runner ray"),
     (["--runner", "ray", "--repo-url", "git@host:x.git"], "--repo-url needs --exchange remote"),
     (["--address", "tcp://h:8786"], "--address needs --runner dask or ray"),
+    (["--serve", "--runner", "dask"], "--serve runs the graph on threads of the served process"),
 ])
 def test_flow_options_that_do_not_go_together_are_refused_naming_the_option(argv, needs, capsys):
     with pytest.raises(SystemExit) as exit:
@@ -112,3 +113,20 @@ def test_why_a_stage_runs_is_one_line_a_person_reads(tmp_path):
         (status,) = repo.status().values()  # keyed "s", or "PATH/dvc.yaml:s" from another folder
     assert describe_changes(status) == "deps modified: in.txt; params modified: a; outputs deleted: out.txt"
     assert describe_changes(["always changed"]) == "always changed"
+
+
+def test_deployment_overrides_are_read_as_dvc_reads_dash_s_and_checked_by_the_schema():
+    from params import ParamsError, dump_params, preset
+    from pipeline.deploy import apply_overrides
+
+    text = dump_params(preset("smoke"))
+    p = apply_overrides(text, {"guidance.scale": "0.5", "run.seed": 3, "classifier.lr_later": 0.02})
+    assert (p.guidance.scale, p.run.seed, p.classifier.lr_later) == (0.5, 3, 0.02)  # "0.5" is YAML's 0.5
+    assert apply_overrides(text, {}) == preset("smoke")
+    for overrides, named in [({"guidance.scale": "loud"}, "guidance.scale"),
+                             ({"guidance.loudness": 1}, "'guidance.loudness'"),
+                             ({"guidance": 1}, "'guidance' is a group"),
+                             ({"replay.rounds": 4}, "replay.rounds: 2 → 4 changes the graph's stages")]:
+        with pytest.raises(ParamsError) as err:
+            apply_overrides(text, overrides)
+        assert named in str(err.value), (overrides, str(err.value))

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -138,12 +139,20 @@ def test_structural_change_stops_at_once_naming_the_render_command(repo):
     assert ran(r) == {"check-graph"}
 
 
-def test_flow_reruns_what_changed_and_leaves_dvc_status_clean(repo):
+def test_flow_reruns_what_changed_clears_a_stages_outputs_first_and_leaves_dvc_status_clean(repo):
+    """A changed evaluation batch size reruns the evaluations; a stray file in a replay stage's output
+    folder (left by a killed run) makes DVC call that stage changed: the flow removes it with the
+    stage's outputs before rerunning it, and the rerun writes the same bytes, so nothing after it runs."""
     path, env, _ = repo
     params = (path / "params.yaml").read_text()
     (path / "params.yaml").write_text(params.replace("batch_size: 500", "batch_size: 250"))
+    stray = path / "artifacts/replay/task1/round0/stray.tmp"
+    stray.write_text("left behind by a killed run")
     r = sh("python -m pipeline.flow", path, env=env)
-    assert re.search(r"[23] of 13 stages ran: evaluate-t0, evaluate-t1", r.stdout), r.stdout[-500:]
+    flow_ran = re.search(r"(\d+) of 13 stages ran: (.*)", r.stdout)
+    assert flow_ran, r.stdout[-500:]
+    assert set(flow_ran.group(2).strip().split(", ")) - {"report"} == {"replay-t1-r0", "evaluate-t0", "evaluate-t1"}
+    assert not stray.exists()
     status = sh("dvc status", path, env=env)
     assert "up to date" in status.stdout
 
@@ -186,18 +195,54 @@ class ServerWatch:
         self._thread.join()
 
 
-def test_the_flow_on_dask_workers_with_no_shared_folder_writes_the_lock_dvc_repro_writes(repo, tmp_path,
+def launch_through_the_deployment(path: Path, env: dict, *overrides: dict) -> tuple[list, str]:
+    """Serve the deployment in `path` (`python -m pipeline.flow --serve`, reporting to the session's
+    Prefect server) and create a run for each of `overrides` through the client, as the UI does, one
+    after the other; returns the finished flow runs and the served process's output."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    from pipeline.deploy import DEPLOYMENT, FLOW
+
+    serving = subprocess.Popen([sys.executable, "-m", "pipeline.flow", "--serve"], cwd=path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        with get_client(sync_client=True) as client:
+            for _ in range(1500):
+                assert serving.poll() is None, serving.communicate()[0][-3000:]
+                try:
+                    client.read_deployment_by_name(f"{FLOW}/{DEPLOYMENT}")
+                    break
+                except Exception:  # not registered yet
+                    time.sleep(0.2)
+        runs = [run_deployment(f"{FLOW}/{DEPLOYMENT}", parameters={"overrides": o}, timeout=900, poll_interval=1,
+                               as_subflow=False) for o in overrides]
+    finally:
+        serving.terminate()
+        log = serving.communicate(timeout=120)[0]
+    return runs, log
+
+
+def test_a_deployment_run_and_the_flow_on_dask_workers_write_the_lock_dvc_exp_run_writes(repo, tmp_path,
                                                                                          prefect_server):
-    """`dvc exp run -S guidance.scale=0.5` reruns only the classifier branch and shows in `dvc exp
-    show`; the same change run by the flow on a 2-process Dask cluster with `--exchange remote`, in a
-    second repository that starts with the first one's files, lock and data (pulled from a
-    local-directory DVC remote) and no Prefect server: the 6 stale stages of the classifier branch
-    run in the workers' own clones, each pulling its upstream outputs from the remote and pushing
-    its own there, never in the driver's folder. dvc.lock is the one the experiment wrote in the first
-    repository (so byte-identical artifacts), every cached output is in the
-    remote and `dvc status` is clean after. Prefect: without PREFECT_API_URL the flow starts exactly
-    one server, for the driver and every worker, and every stage's task run is recorded by it.
-    Uncommitted tracked files are refused in one line."""
+    """One change, guidance.scale=0.5, three ways on the smoke repository, each running the stages
+    itself or proving it need not.
+
+    Launched from the Prefect UI: the deployment (`python -m pipeline.flow --serve`, against the
+    session's Prefect server) gets a run with a bad value, which fails naming the field before
+    anything runs, then one with 0.5, which reruns only the classifier branch, records a DVC
+    experiment and leaves the workspace at the last commit. `dvc exp run -S guidance.scale=0.5` then
+    runs nothing: it restores every stage the deployment ran from DVC's run cache (the flow's commits
+    filled it) and writes the deployment's experiment's dvc.lock; it shows in `dvc exp show`.
+
+    On Dask: the flow on a 2-process Dask cluster with `--exchange remote`, in a second repository
+    that starts with the first one's files, lock and data (pulled from a local-directory DVC remote)
+    and no Prefect server: the same stages run in the workers' own clones, each pulling its upstream
+    outputs from the remote and pushing its own there, never in the driver's folder. dvc.lock is the
+    one the experiment wrote (so byte-identical artifacts), every cached output is in the remote and
+    `dvc status` is clean after. Prefect: without PREFECT_API_URL the flow starts exactly one server,
+    for the driver and every worker, and every stage's task run is recorded by it. Uncommitted
+    tracked files are refused in one line."""
     pytest.importorskip("prefect_dask")
     path, env, _ = repo
     fresh, remote, spaces = tmp_path / "driver", tmp_path / "remote", tmp_path / "workers"
@@ -206,12 +251,28 @@ def test_the_flow_on_dask_workers_with_no_shared_folder_writes_the_lock_dvc_repr
     for f in sh("git ls-files", path, env=env).stdout.split():  # its files, dvc.lock and uncached results included
         (fresh / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path / f, fresh / f)
-    # the reference: the same change as a DVC experiment in the first repository, which reruns only
-    # the classifier branch (report only if task 1's accuracies moved: DVC compares the file's content)
-    exp_ran = ran(sh("dvc exp run -S guidance.scale=0.5", path, env=env))
+
+    (bad, good), log = launch_through_the_deployment(path, env, {"guidance.scale": "loud"}, {"guidance.scale": 0.5})
+    assert bad.state.is_failed() and "guidance.scale" in bad.state.message, bad.state.message
+    assert good.state.is_completed(), good.state.message + log[-3000:]
+    deployed = re.search(r"(\d+) of 13 stages ran: (.*)", log)
+    assert deployed, log[-3000:]
+    deployed = set(deployed.group(2).strip().split(", "))
     must = {"replay-t1-r0", "replay-t1-r1", "classifier-t1-r0", "classifier-t1-r1", "evaluate-t1"}
-    assert must <= exp_ran <= must | {"report"}
-    assert "final_average_accuracy" in sh("dvc exp show --json", path, env=env).stdout
+    assert must <= deployed <= must | {"report"}  # report only if task 1's accuracies moved
+    name = re.search(r"DVC experiment (\S+):", log).group(1)
+    assert not sh("git status --porcelain --untracked-files=no", path, env=env).stdout.strip()
+    assert "up to date" in sh("dvc status", path, env=env).stdout  # the workspace is the last commit's
+
+    r = sh("dvc exp run -S guidance.scale=0.5", path, env=env)
+    exp_ran = set(re.findall(r"Stage '([^']+)' is cached - skipping run", r.stdout + r.stderr))
+    assert ran(r) == set() and exp_ran == deployed, r.stdout[-2000:]  # all from the run cache
+    shows = sh("dvc exp show --json", path, env=env).stdout
+    assert name in shows and "final_average_accuracy" in shows
+    lock = (path / "dvc.lock").read_text()
+    sh(f"dvc exp apply {name}", path, env=env)
+    assert (path / "dvc.lock").read_text() == lock and load_params(path / "params.yaml").guidance.scale == 0.5
+
     shutil.copy2(path / "params.yaml", fresh / "params.yaml")  # scale 0.5, as DVC wrote it
     sh(f"git init -q && dvc remote add -q -d store {remote} && git add -A && git commit -qm scale && dvc pull -q",
        fresh, env=env)
@@ -290,15 +351,6 @@ def test_flow_refuses_at_once_while_another_dvc_process_holds_the_repository(rep
     finally:
         holder.kill()
         holder.wait()
-
-
-def test_flow_clears_a_stages_outputs_before_running_it(repo):
-    path, env, _ = repo
-    stray = path / "artifacts/replay/task1/round0/stray.tmp"
-    stray.write_text("left behind by a killed run")  # DVC: the stage's output changed, so it reruns
-    r = sh("python -m pipeline.flow", path, env=env)
-    assert "1 of 13 stages ran: replay-t1-r0" in r.stdout and not stray.exists()
-    assert "up to date" in sh("dvc status", path, env=env).stdout
 
 
 def test_a_failed_stage_under_the_flow_is_one_line_with_the_command_to_resume(repo, tmp_path):
