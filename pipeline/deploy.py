@@ -94,12 +94,20 @@ def restore_workspace(root: str) -> None:
 
 
 @flow(name=FLOW, log_prints=True)
-def guide_experiment(overrides: dict[str, Any] | None = None, experiment: bool = True, name: str | None = None,
+def guide_experiment(overrides: dict[str, Any] = {}, experiment: bool = True, name: str = "",  # noqa: B006
                      root: str = ".", workers: int = 1) -> dict[str, Any]:
-    """The graph of the committed params.yaml with `overrides` (dotted params key → value), recorded
-    as DVC experiment `name` (DVC picks one when empty); `experiment` false: the results stay in the
-    workspace and nothing is recorded. Returns the experiment's name, the overrides as applied and
-    the stages that ran."""
+    """The GUIDE graph of the committed params.yaml with params overrides, recorded as a DVC
+    experiment (what `dvc exp run -S KEY=VALUE ...` does, each stage a task run).
+
+    Args:
+        overrides: params keys and values, e.g. {"guidance.scale": 0.5, "run.seed": 1}; a string
+            value is read as YAML, as `dvc exp run -S` reads it.
+        experiment: record the run as a DVC experiment and put the workspace back at the last
+            commit; off: leave the results in the workspace and record nothing.
+        name: the experiment's name (empty: DVC picks one).
+        root: the repository (set when the deployment was served).
+        workers: stages run side by side at most.
+    """
     from pipeline.flow import guide_pipeline
 
     root = os.path.abspath(root)

@@ -1,13 +1,15 @@
 """What a run will compute, and how long it will take on this machine, before it starts.
 
-    python -m pipeline.plan [--params params.yaml] [--all] [--no-measure]
+    python -m pipeline.plan [--params params.yaml | --preset NAME] [--all] [--no-measure] [--gpu-tflops X]
 
 For every stage of the graph that `dvc repro` would run (`--all`: every stage), the work it does —
 diffusion training steps, denoising steps of sampled batches (guided ones with their backward pass
 and the unguided twin the replay probe draws from the same noise), classifier and oracle steps — and
 its projected wall time. The projection multiplies that work by per-step times measured here on the
 run's own networks and batch sizes (a few seconds), plus a per-stage start-up time (a Python process
-with torch, the data, and DVC's own bookkeeping).
+with torch, the data, and DVC's own bookkeeping). `--gpu-tflops X` adds each stage's FLOPs and peak
+memory estimate and its time at X TFLOP/s sustained; the critical path is the longest chain of
+dependent stages, what a run with every independent stage side by side would still take.
 
 `python -m pipeline.repro` (what `make demo` runs) uses the same plan to show the time left for the
 whole run: it re-scales the remaining stages by how the finished ones compared with their
@@ -30,6 +32,7 @@ from stages.common import clock
 
 ROOT = Path(__file__).resolve().parents[1]
 CHANNELS = {"mnist": 1, "mnist5k": 1, "fashion_mnist": 1, "cifar10": 3, "cifar100": 3, "imagenet100_64": 3}
+NATIVE_SIZE = {"mnist": 28, "mnist5k": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32, "imagenet100_64": 64}
 
 
 @dataclass
@@ -136,10 +139,7 @@ def calibrate(p: Params, shapes: set[tuple[int, int, bool]], repeats: int = 3) -
     from guide.models import UNet, build_classifier
     from guide.samplers import predict
 
-    d = p.data
-    size = d.synthetic.image_size if d.dataset == "synthetic" else d.image_size
-    ch = d.synthetic.channels if d.dataset == "synthetic" else CHANNELS.get(d.dataset, 3)
-    k = p.num_classes
+    size, ch, k = network_shapes(p)
     gen = torch.Generator().manual_seed(0)
     unet = UNet(image_size=size, in_channels=ch, out_channels=ch, num_classes=k, **p.diffusion.unet.model_dump())
     schedule = NoiseSchedule.make(p.diffusion.schedule, p.diffusion.num_timesteps)
@@ -185,6 +185,120 @@ def calibrate(p: Params, shapes: set[tuple[int, int, bool]], repeats: int = 3) -
     return out
 
 
+# --- FLOPs and memory ----------------------------------------------------------------------------
+COUNT_BATCH = 2  # the batch the counts are made at (BatchNorm trains on 2 or more); FLOPs and saved
+                 # activations grow in proportion to the batch, so they are scaled from it
+
+
+def network_shapes(p: Params) -> tuple[int, int, int]:
+    """(image size, channels, classes) of the run's data."""
+    d = p.data
+    size = d.synthetic.image_size if d.dataset == "synthetic" else d.image_size or NATIVE_SIZE[d.dataset]
+    ch = d.synthetic.channels if d.dataset == "synthetic" else CHANNELS.get(d.dataset, 3)
+    return size, ch, p.num_classes
+
+
+def _counted(fn) -> tuple[float, int]:
+    """(FLOPs, bytes of the tensors autograd saved for backward, each storage once) of `fn()`."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    storages: dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        storages[st.data_ptr()] = max(storages.get(st.data_ptr(), 0), st.nbytes())
+        return t
+    with FlopCounterMode(display=False) as counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return float(counter.get_total_flops()), sum(storages.values())
+
+
+def unit_costs(p: Params, shapes: set[tuple[int, int, bool]]) -> dict:
+    """FLOPs and activation bytes per sample of each unit of work (torch's FlopCounterMode and the
+    tensors autograd saves, counted on the run's own networks running the stages' own functions at
+    COUNT_BATCH samples), and the bytes of each network's weights. A guided denoising step counts
+    the backward pass through the UNet and the classifier that its gradient takes."""
+    import torch
+
+    from guide.diffusion import NoiseSchedule, epsilon_loss
+    from guide.guidance import ClassGuidance
+    from guide.models import UNet, build_classifier
+    from guide.samplers import predict
+
+    size, ch, k = network_shapes(p)
+    n = COUNT_BATCH
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    unet = UNet(image_size=size, in_channels=ch, out_channels=ch, num_classes=k, **p.diffusion.unet.model_dump())
+    schedule = NoiseSchedule.make(p.diffusion.schedule, p.diffusion.num_timesteps)
+    cls = build_classifier(p.classifier.arch, k, ch, size)
+    oracle = build_classifier("small_cnn", k, ch, size)
+    x, y = torch.randn(n, ch, size, size), torch.randint(0, k, (n,))
+    out: dict = {"weights": {name: 4 * sum(q.numel() for q in m.parameters())
+                             for name, m in (("unet", unet), ("classifier", cls), ("oracle", oracle))}}
+
+    def per_sample(fn):
+        flops, saved = _counted(fn)
+        return flops / n, saved / n
+    unet.train()
+    out["diffusion_step"] = per_sample(lambda: epsilon_loss(unet, schedule, x, y, gen).backward())
+    unet.eval().requires_grad_(False)
+    cls.eval().requires_grad_(False)
+    t = torch.full((n,), schedule.num_steps // 2, dtype=torch.long)
+    out["sample_step"] = {}
+    guidance = ClassGuidance(cls, "new", torch.full((n,), 0.1), num_seen=k, current=range(k - 1, k))
+
+    def guided_step():  # predict()'s guided path, its autograd.grad as .backward() (FlopCounterMode's
+        xg = x.detach().requires_grad_(True)  # module hooks refuse autograd.grad on a leaf)
+        x0 = schedule.predict_x0(xg, t, unet(xg, schedule.model_timesteps(t), y)[:, :ch]).clamp(-1, 1)
+        guidance(x0, y).sum().backward()
+    for guided in sorted({g for _, _, g in shapes}):
+        out["sample_step"][int(guided)] = per_sample(guided_step if guided else lambda: predict(unet, schedule, x, t, y))
+    for name, model in (("classifier_step", cls), ("oracle_step", oracle)):
+        model.train().requires_grad_(True)
+        out[name] = per_sample(lambda: torch.nn.functional.cross_entropy(model(x), y).backward())
+    return out
+
+
+def stage_cost(work: Work, p: Params, costs: dict) -> tuple[float, int]:
+    """(FLOPs, peak memory estimate in bytes) of one stage: the work × FLOPs per sample, and the
+    largest of its activities' memory — a training step's weights, gradients and optimiser state
+    (AdamW: 2 moments; the diffusion model's EMA: one copy more; SGD with momentum: 1) plus the
+    activations autograd saves for its batch; a sampled batch's networks plus, guided, the activations
+    its backward pass keeps. Transient buffers of a forward pass and the allocator's slack are not
+    counted."""
+    w = costs["weights"]
+    flops, memory = 0.0, 0
+    if work.diffusion_steps:
+        f, a = costs["diffusion_step"]
+        b = p.diffusion.batch_size
+        flops += work.diffusion_steps * b * f
+        memory = max(memory, 5 * w["unet"] + int(b * a))
+    for (n, steps, guided), count in zip(work.sampling, work.batches):
+        f, a = costs["sample_step"][int(guided)]
+        flops += count * steps * n * f
+        memory = max(memory, w["unet"] + w["classifier"] + int(n * a))
+    for attr, key, net, batch in (("classifier_steps", "classifier_step", "classifier", p.classifier.batch_size),
+                                  ("oracle_steps", "oracle_step", "oracle", p.oracle.batch_size)):
+        steps = getattr(work, attr)
+        if steps:
+            f, a = costs[key]
+            flops += steps * batch * f
+            memory = max(memory, 3 * w[net] + int(batch * a))
+    return flops, memory
+
+
+def critical_path(stages, seconds_of: dict[str, float]) -> tuple[float, list[str]]:
+    """The longest chain of stages through the graph's dependencies, by `seconds_of`: (its seconds,
+    its stages). What a run with unlimited workers would still take."""
+    best: dict[str, tuple[float, list[str]]] = {}
+    for st in stages:  # topological order
+        before = max((best[u] for u in st.upstream if u in best), key=lambda b: b[0], default=(0.0, []))
+        best[st.name] = (before[0] + seconds_of.get(st.name, 0.0), before[1] + [st.name])
+    return max(reversed(list(best.values())), key=lambda b: b[0], default=(0.0, []))  # ties: the chain ending later
+
+
 def process_age() -> float | None:
     """Seconds since this process started (Linux), None elsewhere."""
     try:
@@ -218,33 +332,103 @@ def seconds(work: Work, rates: dict) -> float:
     return s
 
 
+def human(x: float, unit: str) -> str:
+    """1.2e12 FLOP → "1.20 TFLOP"; bytes → "512 MB"."""
+    for scale, prefix in ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if x >= scale:
+            return f"{x / scale:.3g} {prefix}{unit}"
+    return f"{x:.3g} {unit}"
+
+
+def gpu_hours(flops: float, tflops: float) -> str:
+    h = flops / (tflops * 1e12) / 3600
+    return f"{h:.3g} h" if h >= 0.1 else clock(h * 3600)
+
+
 @dataclass
 class Plan:
-    stages: list[tuple[str, Work, float]]  # (name, work, projected seconds) in graph order
+    stages: list[tuple[str, Work, float | None]]  # (name, work, projected seconds here or None) in graph order
+    costs: dict[str, tuple[float, int]] = field(default_factory=dict)  # name → (FLOPs, peak memory bytes)
+    upstream: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    gpu_tflops: float | None = None  # the GPU's sustained FLOP/s, in TFLOP/s
 
     @property
     def total(self) -> float:
-        return sum(s for _, _, s in self.stages)
+        return sum(s or 0.0 for _, _, s in self.stages)
+
+    @property
+    def measured(self) -> bool:
+        return all(s is not None for _, _, s in self.stages)
+
+    def critical(self, seconds_of: dict[str, float]) -> tuple[float, list[str]]:
+        from types import SimpleNamespace
+
+        graph = [SimpleNamespace(name=n, upstream=self.upstream.get(n, ())) for n, _, _ in self.stages]
+        return critical_path(graph, seconds_of)
 
     def table(self) -> str:
-        rows = ["| stage | work | projected |", "|---|---|---|"]
-        rows += [f"| {name} | {work.describe()} | {clock(s)} |" for name, work, s in self.stages]
-        rows.append(f"| **all {len(self.stages)}** | | **{clock(self.total)}** |")
-        return "\n".join(rows)
+        heads = ["stage", "work"]
+        if self.costs:
+            heads += ["FLOPs", "memory (est.)"]
+        if self.measured:
+            heads.append("projected here")
+        if self.costs and self.gpu_tflops:
+            heads.append(f"at {self.gpu_tflops:g} TFLOP/s")
+        rows = ["| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+        for name, work, s in self.stages:
+            cells = [name, work.describe()]
+            if self.costs:
+                flops, memory = self.costs[name]
+                cells += [human(flops, "FLOP") if flops else "", human(memory, "B") if memory else ""]
+            if self.measured:
+                cells.append(clock(s))
+            if self.costs and self.gpu_tflops:
+                cells.append(gpu_hours(self.costs[name][0], self.gpu_tflops) if self.costs[name][0] else "")
+            rows.append("| " + " | ".join(cells) + " |")
+        total = [f"**all {len(self.stages)}**", ""]
+        flops_of = {n: c[0] for n, c in self.costs.items()}
+        if self.costs:
+            total += [f"**{human(sum(flops_of.values()), 'FLOP')}**",
+                      f"**{human(max(c[1] for c in self.costs.values()), 'B')}** (largest)"]
+        if self.measured:
+            total.append(f"**{clock(self.total)}**")
+        if self.costs and self.gpu_tflops:
+            total.append(f"**{gpu_hours(sum(flops_of.values()), self.gpu_tflops)}**")
+        rows.append("| " + " | ".join(total) + " |")
+        lines = ["\n".join(rows)]
+        if self.measured:
+            s, path = self.critical(self.estimates())
+            lines.append(f"critical path here: {clock(s)} ({' → '.join(path)}): the run's time with every "
+                         "independent stage side by side")
+        if self.costs and self.gpu_tflops:
+            f, path = self.critical(flops_of)
+            lines.append(f"critical path by FLOPs: {human(f, 'FLOP')}, {gpu_hours(f, self.gpu_tflops)} at "
+                         f"{self.gpu_tflops:g} TFLOP/s sustained ({' → '.join(path)})")
+        if self.costs:
+            lines.append("FLOPs counted by torch's FlopCounterMode on the run's networks; memory: weights, gradients, "
+                         "optimiser state and the activations autograd keeps (no transient buffers, no allocator "
+                         "slack). A GPU time is FLOPs ÷ the sustained rate you give, not a measurement.")
+        return "\n\n".join(lines)
 
     def estimates(self) -> dict[str, float]:
-        return {name: s for name, _, s in self.stages}
+        return {name: s for name, _, s in self.stages if s is not None}
 
 
-def make_plan(p: Params, names: list[str] | None = None, rates: dict | None = None) -> Plan:
-    """The plan of the stages `names` (default: every stage), timed with `rates` (default: measured)."""
+def make_plan(p: Params, names: list[str] | None = None, rates: dict | None = None, measure: bool = True,
+              costs: bool = False, gpu_tflops: float | None = None) -> Plan:
+    """The plan of the stages `names` (default: every stage): timed with `rates` (default: measured
+    here; none with `measure` false), with FLOPs and memory when `costs`."""
     from pipeline.graph import build_graph
 
     graph = [s for s in build_graph(p) if names is None or s.name in names]
     works = [(s.name, stage_work(s, p)) for s in graph]
-    if rates is None:
-        rates = calibrate(p, {shape for _, w in works for shape in w.sampling})
-    return Plan([(name, w, seconds(w, rates)) for name, w in works])
+    shapes = {shape for _, w in works for shape in w.sampling}
+    if rates is None and measure:
+        rates = calibrate(p, shapes)
+    units = unit_costs(p, shapes) if costs else None
+    return Plan([(name, w, seconds(w, rates) if rates else None) for name, w in works],
+                {name: stage_cost(w, p, units) for name, w in works} if units else {},
+                {s.name: s.upstream for s in graph}, gpu_tflops)
 
 
 def to_run(root: str = ".") -> list[str]:
@@ -267,18 +451,30 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipeline.plan", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--preset", help="plan a preset's run instead of --params (e.g. cifar10_5); implies --all")
     ap.add_argument("--all", action="store_true", help="every stage, not only those `dvc repro` would run")
+    ap.add_argument("--no-measure", action="store_true",
+                    help="no timing on this machine (the paper presets' networks take minutes per step on a CPU)")
+    ap.add_argument("--gpu-tflops", type=float, metavar="X",
+                    help="also FLOPs and memory per stage, and the time at X TFLOP/s sustained (peak × the "
+                         "utilisation you expect)")
     args = ap.parse_args(argv)
+    if args.gpu_tflops is not None and args.gpu_tflops <= 0:
+        ap.error(f"--gpu-tflops {args.gpu_tflops:g}: give a rate above 0")
     try:
-        p = load_params(args.params)
-    except Exception as e:  # ParamsError and a missing file: one line naming it
+        from params import preset
+
+        p = preset(args.preset) if args.preset else load_params(args.params)
+    except Exception as e:  # ParamsError, an unknown preset and a missing file: one line naming it
         print(f"error: {e}", file=sys.stderr)
         return 2
-    names = None if args.all or not Path("dvc.lock").exists() else to_run(".")
+    whole = args.all or args.preset or not Path("dvc.lock").exists()
+    names = None if whole else to_run(".")
     if names == []:
         print("every stage is up to date: `dvc repro` has nothing to run")
         return 0
-    plan = make_plan(p, names)
+    plan = make_plan(p, names, measure=not args.no_measure, costs=args.gpu_tflops is not None or args.no_measure,
+                     gpu_tflops=args.gpu_tflops)
     print(plan.table())
     return 0
 

@@ -97,6 +97,17 @@ def out_hashes(path) -> dict:
     return {(name, o["path"]): o["md5"] for name, st in lock["stages"].items() for o in st.get("outs", [])}
 
 
+def flow_here(capsys, path: Path, *args: str) -> subprocess.CompletedProcess:
+    """`python -m pipeline.flow ARGS` on `path`, run in this process (its flows report to the session's
+    Prefect server): a new Python with Prefect, DVC and torch would cost ~4 s of CPU more."""
+    from pipeline.flow import main
+
+    capsys.readouterr()
+    code = main(["--root", str(path), *args])
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(["pipeline.flow", *args], code, out.out, out.err)
+
+
 def test_cold_repro_runs_every_stage_and_writes_the_outputs(repo):
     path, env, first = repo
     assert len(ran(first)) == 13
@@ -139,7 +150,7 @@ def test_structural_change_stops_at_once_naming_the_render_command(repo):
     assert ran(r) == {"check-graph"}
 
 
-def test_flow_reruns_what_changed_clears_a_stages_outputs_first_and_leaves_dvc_status_clean(repo):
+def test_flow_reruns_what_changed_clears_a_stages_outputs_first_and_leaves_dvc_status_clean(repo, capsys):
     """A changed evaluation batch size reruns the evaluations; a stray file in a replay stage's output
     folder (left by a killed run) makes DVC call that stage changed: the flow removes it with the
     stage's outputs before rerunning it, and the rerun writes the same bytes, so nothing after it runs."""
@@ -148,7 +159,8 @@ def test_flow_reruns_what_changed_clears_a_stages_outputs_first_and_leaves_dvc_s
     (path / "params.yaml").write_text(params.replace("batch_size: 500", "batch_size: 250"))
     stray = path / "artifacts/replay/task1/round0/stray.tmp"
     stray.write_text("left behind by a killed run")
-    r = sh("python -m pipeline.flow", path, env=env)
+    r = flow_here(capsys, path)
+    assert r.returncode == 0, r.stderr[-2000:]
     flow_ran = re.search(r"(\d+) of 13 stages ran: (.*)", r.stdout)
     assert flow_ran, r.stdout[-500:]
     assert set(flow_ran.group(2).strip().split(", ")) - {"report"} == {"replay-t1-r0", "evaluate-t0", "evaluate-t1"}
@@ -183,7 +195,7 @@ class ServerWatch:
         return found
 
     def _run(self):
-        while not self._stop.wait(0.2):
+        while not self._stop.wait(1.0):  # a server lives for the whole flow run: a look a second finds it
             self.seen |= self.servers() - self.before
 
     def __enter__(self):
@@ -224,14 +236,14 @@ def launch_through_the_deployment(path: Path, env: dict, *overrides: dict) -> tu
 
 
 def test_a_deployment_run_and_the_flow_on_dask_workers_write_the_lock_dvc_exp_run_writes(repo, tmp_path,
-                                                                                         prefect_server):
+                                                                                         prefect_server, capsys):
     """One change, guidance.scale=0.5, three ways on the smoke repository, each running the stages
     itself or proving it need not.
 
-    Launched from the Prefect UI: the deployment (`python -m pipeline.flow --serve`, against the
-    session's Prefect server) gets a run with a bad value, which fails naming the field before
-    anything runs, then one with 0.5, which reruns only the classifier branch, records a DVC
-    experiment and leaves the workspace at the last commit. `dvc exp run -S guidance.scale=0.5` then
+    Launched from the Prefect UI: the deployment's flow given a bad value fails naming the field
+    before anything runs; the deployment (`python -m pipeline.flow --serve`, against the session's
+    Prefect server) given 0.5 by a run created through the client reruns only the classifier branch,
+    records a DVC experiment and leaves the workspace at the last commit. `dvc exp run -S guidance.scale=0.5` then
     runs nothing: it restores every stage the deployment ran from DVC's run cache (the flow's commits
     filled it) and writes the deployment's experiment's dvc.lock; it shows in `dvc exp show`.
 
@@ -252,8 +264,12 @@ def test_a_deployment_run_and_the_flow_on_dask_workers_write_the_lock_dvc_exp_ru
         (fresh / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(path / f, fresh / f)
 
-    (bad, good), log = launch_through_the_deployment(path, env, {"guidance.scale": "loud"}, {"guidance.scale": 0.5})
-    assert bad.state.is_failed() and "guidance.scale" in bad.state.message, bad.state.message
+    from pipeline.deploy import guide_experiment  # the deployment's flow, here in this process
+
+    bad = guide_experiment(overrides={"guidance.scale": "loud"}, root=str(path), return_state=True)
+    assert bad.is_failed() and "guidance.scale" in bad.message, bad.message
+    assert not sh("git status --porcelain --untracked-files=no", path, env=env).stdout.strip()
+    (good,), log = launch_through_the_deployment(path, env, {"guidance.scale": 0.5})
     assert good.state.is_completed(), good.state.message + log[-3000:]
     deployed = re.search(r"(\d+) of 13 stages ran: (.*)", log)
     assert deployed, log[-3000:]
@@ -304,7 +320,7 @@ def test_a_deployment_run_and_the_flow_on_dask_workers_write_the_lock_dvc_exp_ru
     assert len(cached) >= 8 and cached <= in_remote
     assert "up to date" in sh("dvc status", fresh, env=env).stdout
     (fresh / "params.yaml").write_text((fresh / "params.yaml").read_text() + "\n")
-    r = sh(flow, fresh, env={**alone, "PREFECT_API_URL": prefect_server}, check=False)
+    r = flow_here(capsys, fresh, "--runner", "dask", "--workers", "2", "--exchange", "remote")
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [r.stderr.strip()], r.stderr
     assert "params.yaml" in r.stderr and "commit them first" in r.stderr
 
@@ -334,14 +350,14 @@ def test_a_forced_rerun_changes_no_hash_and_reruns_nothing_downstream(repo):
     assert ran(again) == set() and out_hashes(path) == before
 
 
-def test_flow_refuses_at_once_while_another_dvc_process_holds_the_repository(repo):
+def test_flow_refuses_at_once_while_another_dvc_process_holds_the_repository(repo, capsys):
     path, env, _ = repo
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom dvc.repo import Repo\n"
                                "r = Repo('.'); r.lock.lock(); print('locked', flush=True); time.sleep(120)"],
                               cwd=path, env=env, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        r = sh("python -m pipeline.flow", path, env=env, check=False)
+        r = flow_here(capsys, path)
         assert r.returncode == 2 and "Traceback" not in r.stderr
         lines = [x for x in r.stderr.splitlines() if x.strip()]
         assert len(lines) == 1, lines  # one line, even for a holder whose command spans lines
@@ -353,12 +369,14 @@ def test_flow_refuses_at_once_while_another_dvc_process_holds_the_repository(rep
         holder.wait()
 
 
-def test_a_failed_stage_under_the_flow_is_one_line_with_the_command_to_resume(repo, tmp_path):
+def test_a_failed_stage_under_the_flow_is_one_line_with_the_command_to_resume(repo, tmp_path, capsys,
+                                                                              monkeypatch):
     path, env, _ = repo
     params = (path / "params.yaml").read_text()
     (path / "params.yaml").write_text(params.replace("wandb: disabled", "wandb: online"))
-    no_key = {**{k: v for k, v in env.items() if k != "WANDB_API_KEY"}, "HOME": str(tmp_path)}
-    r = sh("python -m pipeline.flow", path, env=no_key, check=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)  # the stages the flow starts: no key, no netrc
+    monkeypatch.setenv("HOME", str(tmp_path))
+    r = flow_here(capsys, path)
     assert r.returncode == 1 and "Traceback" not in r.stdout + r.stderr
     # Prefect may log lines of its own; ours is the one report line
     lines = [x for x in r.stderr.splitlines() if x.startswith("stage ")]

@@ -120,3 +120,44 @@ def test_plan_prints_every_stage_and_refuses_bad_params_naming_the_file(tmp_path
     assert rows[-1].startswith(f"| **all {len(graph)}** |")
     assert plan.main(["--params", str(tmp_path / "nope.yaml")]) == 2
     assert "nope.yaml" in capsys.readouterr().err
+
+
+def test_counted_flops_and_saved_activations_of_a_linear_layer():
+    import torch
+
+    from pipeline.plan import _counted
+
+    layer = torch.nn.Linear(8, 4, bias=False)
+    x = torch.randn(5, 8)
+    flops, saved = _counted(lambda: layer(x).sum().backward())
+    assert flops == 2 * (2 * 5 * 8 * 4)  # the product, and the weight's gradient (x needs none)
+    assert saved == x.nbytes  # what the weight's gradient needs: the input, once
+
+
+def test_the_critical_path_is_the_longest_chain_of_dependent_stages():
+    from types import SimpleNamespace as S
+
+    from pipeline.plan import critical_path
+
+    graph = [S(name="a", upstream=()), S(name="b", upstream=("a",)), S(name="c", upstream=("a",)),
+             S(name="d", upstream=("b", "c"))]
+    assert critical_path(graph, {"a": 1, "b": 5, "c": 2, "d": 1}) == (7, ["a", "b", "d"])
+    assert critical_path(graph, {"a": 1, "b": 1, "c": 9}) == (10, ["a", "c", "d"])
+
+
+def test_plan_with_a_gpu_rate_counts_flops_memory_and_the_critical_path(capsys):
+    from pipeline.plan import main
+
+    assert main(["--preset", "smoke", "--no-measure", "--gpu-tflops", "0.5"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows[0][:5] == ["| stage", "work", "FLOPs", "memory (est.)", "at 0.5 TFLOP/s |"]
+    units = {"G": 1e9, "T": 1e12, "M": 1e6}
+    flops = {r[0][2:]: float(r[2].split()[0]) * units[r[2].split()[1][0]] for r in rows[1:-1] if r[2]}
+    assert set(flops) >= {"diffusion-t0", "oracle", "replay-t1-r0", "classifier-t0"} and "evaluate-t0" not in flops
+    assert flops["diffusion-t1"] == flops["diffusion-t0"]  # same steps, same network
+    assert flops["replay-t1-r0"] > flops["replay-t1-r1"]  # round 0 also draws the replay grid
+    assert "critical path by FLOPs" in out and "check-graph → diffusion-t0" in out
+    with pytest.raises(SystemExit):
+        main(["--preset", "smoke", "--gpu-tflops", "0"])
+    assert "--gpu-tflops 0: give a rate above 0" in capsys.readouterr().err
