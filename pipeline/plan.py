@@ -198,16 +198,19 @@ def network_shapes(p: Params) -> tuple[int, int, int]:
     return size, ch, p.num_classes
 
 
-def _counted(fn) -> tuple[float, int]:
-    """(FLOPs, bytes of the tensors autograd saved for backward, each storage once) of `fn()`."""
+def _counted(fn, *networks) -> tuple[float, int]:
+    """(FLOPs, bytes of the tensors autograd saved for backward, each storage once) of `fn()`; the
+    weights and buffers of `networks`, which a layer saves too, are not activations and not counted."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    weights = {t.untyped_storage().data_ptr() for m in networks for t in (*m.parameters(), *m.buffers())}
     storages: dict[int, int] = {}
 
     def pack(t):
         st = t.untyped_storage()
-        storages[st.data_ptr()] = max(storages.get(st.data_ptr(), 0), st.nbytes())
+        if st.data_ptr() not in weights:
+            storages[st.data_ptr()] = max(storages.get(st.data_ptr(), 0), st.nbytes())
         return t
     with FlopCounterMode(display=False) as counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         fn()
@@ -239,7 +242,7 @@ def unit_costs(p: Params, shapes: set[tuple[int, int, bool]]) -> dict:
                              for name, m in (("unet", unet), ("classifier", cls), ("oracle", oracle))}}
 
     def per_sample(fn):
-        flops, saved = _counted(fn)
+        flops, saved = _counted(fn, unet, cls, oracle)
         return flops / n, saved / n
     unet.train()
     out["diffusion_step"] = per_sample(lambda: epsilon_loss(unet, schedule, x, y, gen).backward())

@@ -161,3 +161,15 @@ def test_plan_with_a_gpu_rate_counts_flops_memory_and_the_critical_path(capsys):
     with pytest.raises(SystemExit):
         main(["--preset", "smoke", "--gpu-tflops", "0"])
     assert "--gpu-tflops 0: give a rate above 0" in capsys.readouterr().err
+
+
+def test_saved_weights_are_not_counted_as_activations():
+    import torch
+
+    from pipeline.plan import _counted
+
+    layer = torch.nn.Linear(8, 4, bias=False)
+    x = torch.randn(5, 8, requires_grad=True)  # now the input's gradient needs the weight, saved too
+    _, saved = _counted(lambda: layer(x).sum().backward())
+    _, without = _counted(lambda: layer(x).sum().backward(), layer)
+    assert saved == x.nbytes + layer.weight.nbytes and without == x.nbytes
