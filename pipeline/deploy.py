@@ -15,7 +15,9 @@ Each run is what `dvc exp run -S guidance.scale=0.5` does, with every stage a ta
   commit, so every run starts from the same place. `experiment: false` instead leaves the results in
   the workspace, as `dvc repro` after editing params.yaml would (and records nothing);
 - runs queue: the served deployment runs one at a time (the next waits as "Late"/"Pending" in the
-  UI), and a run refuses to start while tracked files differ from the last commit.
+  UI); a run holds DVC's repository lock from its check to its last stage (as `dvc exp run` does),
+  refuses to start while another DVC process holds it, and refuses while tracked files differ from
+  the last commit.
 """
 from __future__ import annotations
 
@@ -108,26 +110,30 @@ def guide_experiment(overrides: dict[str, Any] = {}, experiment: bool = True, na
         root: the repository (set when the deployment was served).
         workers: stages run side by side at most.
     """
-    from pipeline.flow import guide_pipeline
+    from pipeline.flow import guide_pipeline, locked
 
     root = os.path.abspath(root)
     params_file = Path(root) / "params.yaml"
     overrides = dict(overrides or {})
     p = apply_overrides(params_file.read_text(), overrides)  # nothing has run or been written yet
-    if experiment:
-        dirty = changed_tracked_files(root)
-        if dirty:
-            raise RuntimeError(f"{root}: these tracked files differ from the last commit: {', '.join(dirty)}; "
-                               "commit them (each experiment starts from the last commit), or run with experiment: false")
     applied = {k: _value(p, k) for k in overrides}
     print("overrides: " + (", ".join(f"{k}={v!r}" for k, v in applied.items()) or "none"))
-    exp = None
+    exp, wrote = None, False
     try:
-        if overrides:
-            with atomic_path(params_file) as tmp:
-                Path(tmp).write_text(dump_params(p))
-        outcome = guide_pipeline.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))(
-            root, "params.yaml", workers)
+        # DVC's repository lock from the check to the last stage, as `dvc exp run` holds it: another DVC
+        # process refuses to start meanwhile, and one already running makes this run refuse at once
+        with locked(root):
+            dirty = changed_tracked_files(root) if experiment else []
+            if dirty:
+                raise RuntimeError(f"{root}: these tracked files differ from the last commit: {', '.join(dirty)}; "
+                                   "commit them (each experiment starts from the last commit), or run with "
+                                   "experiment: false")
+            wrote = True  # from here on, whatever differs from the last commit is this run's doing
+            if overrides:
+                with atomic_path(params_file) as tmp:
+                    Path(tmp).write_text(dump_params(p))
+            outcome = guide_pipeline.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))(
+                root, "params.yaml", workers)
         ran = [n for n, o in outcome.items() if o == "ran"]
         print(f"{len(ran)} of {len(outcome)} stages ran" + (f": {', '.join(ran)}" if ran else ""))
         failed = [o.removeprefix("failed: ") for o in outcome.values() if o.startswith("failed")]
@@ -140,7 +146,7 @@ def guide_experiment(overrides: dict[str, Any] = {}, experiment: bool = True, na
             exp = found.group(1) if found else (name or out.strip())
             print(f"DVC experiment {exp}: `dvc exp show` lists it, `dvc exp apply {exp}` brings it into the workspace")
     finally:
-        if experiment:
+        if experiment and wrote:  # never what another process changed: nothing is restored before the lock
             restore_workspace(root)
     return {"experiment": exp, "overrides": applied, "ran": ran}
 

@@ -364,6 +364,13 @@ def test_flow_refuses_at_once_while_another_dvc_process_holds_the_repository(rep
         assert lines[0].startswith("pipeline.flow: another DVC process holds the repository")
         assert f"pid {holder.pid}" in lines[0]
         assert ran(r) == set() and "stages ran" not in r.stdout
+        # the deployment's flow likewise, before it writes anything (and restores nothing)
+        from pipeline.deploy import guide_experiment
+
+        params = (path / "params.yaml").read_text()
+        state = guide_experiment(overrides={"guidance.scale": 0.5}, root=str(path), return_state=True)
+        assert state.is_failed() and f"pid {holder.pid}" in state.message, state.message
+        assert (path / "params.yaml").read_text() == params
     finally:
         holder.kill()
         holder.wait()
