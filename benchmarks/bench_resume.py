@@ -13,7 +13,6 @@ import argparse
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -21,16 +20,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from guide.diffusion import EMA  # noqa: E402
-from guide.models import UNet  # noqa: E402
 from params import preset  # noqa: E402
-from pipeline.plan import median_time, network_shapes  # noqa: E402
+from pipeline.plan import build_unet, median_time  # noqa: E402
 from stages.resume import Resume  # noqa: E402
 
 
 def state_of(name: str) -> tuple[dict, int]:
     p = preset(name)
-    size, ch, k = network_shapes(p)
-    model = UNet(image_size=size, in_channels=ch, out_channels=ch, num_classes=k, **p.diffusion.unet.model_dump())
+    model = build_unet(p)
     opt = torch.optim.AdamW(model.parameters(), lr=p.diffusion.lr)
     for q in model.parameters():  # one step's worth of optimiser state, without a forward pass
         q.grad = torch.zeros_like(q)

@@ -41,8 +41,9 @@ import yaml
 from guide.continual import METHODS
 from guide.io import atomic_path, atomic_write_json, atomic_write_text
 from guide.metrics import HEADLINE
-from params import PRESETS, ParamsError, dump_params, preset
+from params import PRESETS, ParamsError, dump_params, load_params, preset
 from pipeline import tool_env
+from pipeline.graph import build_graph, is_uncached
 from pipeline.stats import paired_ci, paired_differences, seeds_higher
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,10 +79,7 @@ def scratch_repo(workdir: Path, cache_dir: Path, params_text: str | None = None)
     subprocess.run(("git init -q && " if fresh else "") + "git add -A", shell=True, cwd=workdir, check=True)
     # DVC's outputs stay out of git: one that moved from git to DVC's cache since this workdir was made
     # would otherwise still be tracked here, and DVC refuses to run its stage
-    stages = yaml.safe_load((workdir / "dvc.yaml").read_text())["stages"]
-    cached = [o for st in stages.values() for out in st.get("outs", [])
-              for o in ([out] if isinstance(out, str) else list(out))
-              if isinstance(out, str) or (out[o] or {}).get("cache", True) is not False]
+    cached = [o for st in build_graph(load_params(workdir / "params.yaml")) for o in st.outs if not is_uncached(o)]
     subprocess.run(["git", "rm", "-r", "-q", "--cached", "--ignore-unmatch", "--", *cached],
                    cwd=workdir, check=True, capture_output=True)
     subprocess.run("git diff --cached --quiet || "

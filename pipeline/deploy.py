@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from guide.io import atomic_path
 from params import STRUCTURAL_KEYS, ParamsError, dump_params
 from params.io import params_from_dict
-from pipeline import tool_env
+from pipeline import exchange, tool_env
+from pipeline.flow import guide_pipeline, locked
 
 FLOW, DEPLOYMENT = "guide-experiment", "guide"
 
@@ -72,26 +72,13 @@ def _value(p, dotted: str):
     return p
 
 
-def git(args: list[str], root: str) -> str:
-    return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
-
-
-def changed_tracked_files(root: str) -> list[str]:
-    """Tracked files that differ from the last commit (DVC's .gitignore bookkeeping aside)."""
-    return [line[3:] for line in git(["status", "--porcelain", "--untracked-files=no"], root).splitlines()
-            if not line[3:].endswith(".gitignore")]
-
-
 def dvc(args: list[str], root: str) -> str:
-    r = subprocess.run(["dvc", *args], cwd=root, capture_output=True, text=True, env={**tool_env(), "DVC_NO_ANALYTICS": "1"})
-    if r.returncode:
-        raise RuntimeError(f"`dvc {' '.join(args)}` exited {r.returncode}: {(r.stderr or r.stdout).strip()[-500:]}")
-    return r.stdout
+    return exchange.dvc(args, root, {**tool_env(), "DVC_NO_ANALYTICS": "1"})
 
 
 def restore_workspace(root: str) -> None:
     """The tracked files and DVC's outputs as the last commit has them."""
-    git(["checkout", "--", "."], root)
+    exchange.git(["checkout", "--", "."], root)
     dvc(["checkout", "--quiet"], root)
 
 
@@ -110,8 +97,6 @@ def guide_experiment(overrides: dict[str, Any] = {}, experiment: bool = True, na
         root: the repository (set when the deployment was served).
         workers: stages run side by side at most.
     """
-    from pipeline.flow import guide_pipeline, locked
-
     root = os.path.abspath(root)
     params_file = Path(root) / "params.yaml"
     overrides = dict(overrides or {})
@@ -123,7 +108,7 @@ def guide_experiment(overrides: dict[str, Any] = {}, experiment: bool = True, na
         # DVC's repository lock from the check to the last stage, as `dvc exp run` holds it: another DVC
         # process refuses to start meanwhile, and one already running makes this run refuse at once
         with locked(root):
-            dirty = changed_tracked_files(root) if experiment else []
+            dirty = exchange.changed_tracked_files(root) if experiment else []
             if dirty:
                 raise RuntimeError(f"{root}: these tracked files differ from the last commit: {', '.join(dirty)}; "
                                    "commit them (each experiment starts from the last commit), or run with "

@@ -43,6 +43,12 @@ def git(args: list[str], cwd: str | Path) -> str:
     return proc.stdout
 
 
+def changed_tracked_files(root: str | Path, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Tracked files that differ from the last commit, but for `ignore` and DVC's .gitignore bookkeeping."""
+    return [line[3:] for line in git(["status", "--porcelain", "--untracked-files=no"], root).splitlines()
+            if line[3:] not in ignore and not line[3:].endswith(".gitignore")]
+
+
 def check_driver(root: str, repo) -> str:
     """The commit the workers clone. Refuses, naming what to do, when there is no default DVC remote
     or when a tracked file other than dvc.lock differs from that commit (a worker would not see it)."""
@@ -51,8 +57,7 @@ def check_driver(root: str, repo) -> str:
         raise ExchangeError("--exchange remote needs a default DVC remote that the workers can reach: "
                             "`dvc remote add -d NAME URL`, then commit .dvc/config")
     commit = git(["rev-parse", "HEAD"], root).strip()
-    changed = [line[3:] for line in git(["status", "--porcelain", "--untracked-files=no"], root).splitlines()
-               if line[3:] != LOCK and not line[3:].endswith(".gitignore")]  # DVC's own bookkeeping
+    changed = changed_tracked_files(root, ignore=(LOCK,))
     if changed:
         raise ExchangeError(f"--exchange remote: the workers clone commit {commit[:12]}, but these tracked "
                             f"files differ from it: {', '.join(changed)}; commit them first")
@@ -76,11 +81,12 @@ def workspace(url: str, commit: str) -> Path:
     return ws
 
 
-def dvc(args: list[str], cwd: Path, env: dict[str, str]) -> None:
+def dvc(args: list[str], cwd: str | Path, env: dict[str, str]) -> str:
     proc = subprocess.run(["dvc", *args], cwd=cwd, env=env, capture_output=True, text=True)
     if proc.returncode:
         raise ExchangeError(f"dvc {' '.join(args)} in {cwd} exited {proc.returncode}: "
                             f"{(proc.stderr.strip() or proc.stdout.strip())[-500:]}")
+    return proc.stdout
 
 
 def read_files(root: str | Path, outputs: list[str]) -> dict[str, bytes]:

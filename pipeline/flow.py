@@ -442,6 +442,20 @@ def prefect_api(startup_s: float = SERVER_STARTUP_S):
         server.stop()
 
 
+def serve(root: str, workers: int) -> None:
+    """`--serve`: the deployment that launches runs from the Prefect UI (pipeline/deploy.py), until
+    interrupted. It holds no repository lock: each run takes DVC's while it runs."""
+    from pipeline.deploy import DEPLOYMENT, FLOW, serve as serve_deployment
+
+    with prefect_api() as (url, started):
+        print(f"Prefect API: {url}" + (" (a temporary server: set PREFECT_API_URL to a `prefect server "
+                                       "start` to use its UI)" if started else ""), flush=True)
+        print(f"serving {FLOW}/{DEPLOYMENT} for {root}: in the UI, Deployments → {DEPLOYMENT} → Run → "
+              f"Custom run; or `prefect deployment run {FLOW}/{DEPLOYMENT} --param "
+              "'overrides={\"guidance.scale\": 0.5}'`", flush=True)
+        serve_deployment(root, workers)
+
+
 def drain(timeout_s: float = 30.0) -> None:
     """Send the logs and events Prefect still holds (it sends them in batches, in the background)."""
     from prefect.events.worker import EventsWorker
@@ -490,28 +504,12 @@ def main(argv: list[str] | None = None) -> int:
                  "0.0.0.0`) and set PREFECT_API_URL to it")
     global _repository
     root, cwd = os.path.abspath(args.root), os.getcwd()
-    if args.serve:
-        from pipeline.deploy import DEPLOYMENT, FLOW, serve
-
-        try:
-            os.chdir(root)  # the deployment's entry point is pipeline/deploy.py, relative to the repository
-            load_params(Path(root) / args.params)
-            with prefect_api() as (url, started):
-                print(f"Prefect API: {url}" + (" (a temporary server: set PREFECT_API_URL to a `prefect server "
-                                               "start` to use its UI)" if started else ""), flush=True)
-                print(f"serving {FLOW}/{DEPLOYMENT} for {root}: in the UI, Deployments → {DEPLOYMENT} → Run → "
-                      f"Custom run; or `prefect deployment run {FLOW}/{DEPLOYMENT} --param "
-                      "'overrides={\"guidance.scale\": 0.5}'`", flush=True)
-                serve(root, args.workers)
-        except ParamsError as err:
-            print(f"pipeline.flow: {err}", file=sys.stderr)
-            return 2
-        finally:
-            os.chdir(cwd)
-        return 0
     try:
-        os.chdir(root)  # DVC resolves stage targets against the working directory
-        load_params(Path(root) / args.params)
+        os.chdir(root)  # DVC resolves stage targets against the working directory (and the deployment's
+        load_params(Path(root) / args.params)  # entry point, pipeline/deploy.py, is relative to it)
+        if args.serve:
+            serve(root, args.workers)
+            return 0
         with Repository(root) as _repository:  # before Prefect starts: a busy repository is one line
             if args.exchange == "remote":
                 exchange.check_driver(root, _repository.repo)  # one line before Prefect starts

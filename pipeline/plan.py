@@ -18,8 +18,6 @@ projection, and hands the figure to the running stage's progress bar (GUIDE_RUN_
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import subprocess
 import sys
@@ -136,12 +134,12 @@ def calibrate(p: Params, shapes: set[tuple[int, int, bool]], repeats: int = 3) -
 
     from guide.diffusion import EMA, NoiseSchedule, epsilon_loss
     from guide.guidance import ClassGuidance
-    from guide.models import UNet, build_classifier
+    from guide.models import build_classifier
     from guide.samplers import predict
 
     size, ch, k = network_shapes(p)
     gen = torch.Generator().manual_seed(0)
-    unet = UNet(image_size=size, in_channels=ch, out_channels=ch, num_classes=k, **p.diffusion.unet.model_dump())
+    unet = build_unet(p)
     schedule = NoiseSchedule.make(p.diffusion.schedule, p.diffusion.num_timesteps)
     out: dict = {}
 
@@ -198,6 +196,14 @@ def network_shapes(p: Params) -> tuple[int, int, int]:
     return size, ch, p.num_classes
 
 
+def build_unet(p: Params):
+    """The run's diffusion UNet, freshly initialised, built from its params alone (no data needed)."""
+    from guide.models import UNet
+
+    size, ch, k = network_shapes(p)
+    return UNet(image_size=size, in_channels=ch, out_channels=ch, num_classes=k, **p.diffusion.unet.model_dump())
+
+
 def _counted(fn, *networks) -> tuple[float, int]:
     """(FLOPs, bytes of the tensors autograd saved for backward, each storage once) of `fn()`; the
     weights and buffers of `networks`, which a layer saves too, are not activations and not counted."""
@@ -226,14 +232,14 @@ def unit_costs(p: Params, shapes: set[tuple[int, int, bool]]) -> dict:
 
     from guide.diffusion import NoiseSchedule, epsilon_loss
     from guide.guidance import ClassGuidance
-    from guide.models import UNet, build_classifier
+    from guide.models import build_classifier
     from guide.samplers import predict
 
     size, ch, k = network_shapes(p)
     n = COUNT_BATCH
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
-    unet = UNet(image_size=size, in_channels=ch, out_channels=ch, num_classes=k, **p.diffusion.unet.model_dump())
+    unet = build_unet(p)
     schedule = NoiseSchedule.make(p.diffusion.schedule, p.diffusion.num_timesteps)
     cls = build_classifier(p.classifier.arch, k, ch, size)
     oracle = build_classifier("small_cnn", k, ch, size)
@@ -292,13 +298,14 @@ def stage_cost(work: Work, p: Params, costs: dict) -> tuple[float, int]:
     return flops, memory
 
 
-def critical_path(stages, seconds_of: dict[str, float]) -> tuple[float, list[str]]:
-    """The longest chain of stages through the graph's dependencies, by `seconds_of`: (its seconds,
-    its stages). What a run with unlimited workers would still take."""
+def critical_path(upstream: dict[str, tuple[str, ...]], seconds_of: dict[str, float]) -> tuple[float, list[str]]:
+    """The longest chain of stages through the graph's dependencies (`upstream`: each stage's, in
+    topological order), by `seconds_of`: (its seconds, its stages). What a run with unlimited workers
+    would still take."""
     best: dict[str, tuple[float, list[str]]] = {}
-    for st in stages:  # topological order
-        before = max((best[u] for u in st.upstream if u in best), key=lambda b: b[0], default=(0.0, []))
-        best[st.name] = (before[0] + seconds_of.get(st.name, 0.0), before[1] + [st.name])
+    for name, ups in upstream.items():
+        before = max((best[u] for u in ups if u in best), key=lambda b: b[0], default=(0.0, []))
+        best[name] = (before[0] + seconds_of.get(name, 0.0), before[1] + [name])
     return max(reversed(list(best.values())), key=lambda b: b[0], default=(0.0, []))  # ties: the chain ending later
 
 
@@ -352,7 +359,7 @@ def gpu_hours(flops: float, tflops: float) -> str:
 class Plan:
     stages: list[tuple[str, Work, float | None]]  # (name, work, projected seconds here or None) in graph order
     costs: dict[str, tuple[float, int]] = field(default_factory=dict)  # name → (FLOPs, peak memory bytes)
-    upstream: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    upstream: dict[str, tuple[str, ...]] = field(default_factory=dict)  # in graph order
     gpu_tflops: float | None = None  # the GPU's sustained FLOP/s, in TFLOP/s
 
     @property
@@ -362,12 +369,6 @@ class Plan:
     @property
     def measured(self) -> bool:
         return all(s is not None for _, _, s in self.stages)
-
-    def critical(self, seconds_of: dict[str, float]) -> tuple[float, list[str]]:
-        from types import SimpleNamespace
-
-        graph = [SimpleNamespace(name=n, upstream=self.upstream.get(n, ())) for n, _, _ in self.stages]
-        return critical_path(graph, seconds_of)
 
     def table(self) -> str:
         heads = ["stage", "work"]
@@ -400,11 +401,11 @@ class Plan:
         rows.append("| " + " | ".join(total) + " |")
         lines = ["\n".join(rows)]
         if self.measured:
-            s, path = self.critical(self.estimates())
+            s, path = critical_path(self.upstream, self.estimates())
             lines.append(f"critical path here: {clock(s)} ({' → '.join(path)}): the run's time with every "
                          "independent stage side by side")
         if self.costs and self.gpu_tflops:
-            f, path = self.critical(flops_of)
+            f, path = critical_path(self.upstream, flops_of)
             lines.append(f"critical path by FLOPs: {human(f, 'FLOP')}, {gpu_hours(f, self.gpu_tflops)} at "
                          f"{self.gpu_tflops:g} TFLOP/s sustained ({' → '.join(path)})")
         if self.costs:

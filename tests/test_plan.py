@@ -8,7 +8,7 @@ import pytest
 from guide.io import load_shard
 from params import dump_params, load_params, preset
 from pipeline.graph import build_graph
-from pipeline.plan import Work, make_plan, stage_work
+from pipeline.plan import Work, stage_work
 from pipeline.repro import Tracker
 from stages import common
 
@@ -135,12 +135,9 @@ def test_counted_flops_and_saved_activations_of_a_linear_layer():
 
 
 def test_the_critical_path_is_the_longest_chain_of_dependent_stages():
-    from types import SimpleNamespace as S
-
     from pipeline.plan import critical_path
 
-    graph = [S(name="a", upstream=()), S(name="b", upstream=("a",)), S(name="c", upstream=("a",)),
-             S(name="d", upstream=("b", "c"))]
+    graph = {"a": (), "b": ("a",), "c": ("a",), "d": ("b", "c")}
     assert critical_path(graph, {"a": 1, "b": 5, "c": 2, "d": 1}) == (7, ["a", "b", "d"])
     assert critical_path(graph, {"a": 1, "b": 1, "c": 9}) == (10, ["a", "c", "d"])
 
