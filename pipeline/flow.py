@@ -219,7 +219,7 @@ def run_stage(name: str, cmd: str, root: str, outputs: list[str], threads: dict[
     if remote is not None:
         root = str(exchange.workspace(remote["url"], remote["commit"]))
         logger.info("workspace %s: pulling %s", root, ", ".join(remote["upstream"]) or "nothing")
-        exchange.prepare(Path(root), remote["lock"], remote["upstream"], remote["files"], env)
+        exchange.prepare(Path(root), remote["lock"], remote["upstream"], remote["files"])
     clear_outputs(root, outputs)
     logger.info("$ %s", cmd)
     proc = subprocess.Popen(cmd, shell=True, cwd=root, env=env, stdout=subprocess.PIPE,
@@ -232,7 +232,7 @@ def run_stage(name: str, cmd: str, root: str, outputs: list[str], threads: dict[
         return Failed(message=f"stage {name} failed ({describe_exit(proc.returncode)}): {cmd}")
     publish(root, outputs)
     if remote is not None:
-        entry = exchange.finish(Path(root), name, env)
+        entry = exchange.finish(Path(root), name)
         logger.info("%s pushed to the DVC remote", name)
         return "ran", entry, exchange.read_files(root, uncached(outputs))
     return "ran"
