@@ -1,5 +1,6 @@
 """Resume states (stages/resume.py): a training stage SIGKILLed part-way continues from its latest
 state when rerun with the same inputs, and its output is byte-identical to an uninterrupted run's."""
+import importlib
 import os
 import shutil
 import signal
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from params import dump_params, preset
 
@@ -37,9 +39,20 @@ def stage(path: Path, *args: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def finish(proc: subprocess.Popen) -> str:
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-2000:]
+def run_here(capsys, path: Path, module: str, *args: str) -> str:
+    """The stage `module` run to the end in this process, in `path` and on one thread as `stage` runs
+    it (a new Python would spend ~2.5 s of CPU importing torch); returns what it wrote to stderr."""
+    threads, cwd = torch.get_num_threads(), os.getcwd()
+    capsys.readouterr()
+    torch.set_num_threads(1)
+    os.chdir(path)
+    try:
+        code = importlib.import_module(module).main(list(args))
+    finally:
+        os.chdir(cwd)
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert code == 0, err[-2000:]
     return err
 
 
@@ -67,13 +80,13 @@ CLASSIFIER = ("artifacts/classifier/task1/round0.pt", "artifacts/replay/task1/on
               "plots/curves/classifier-t1.csv")
 
 
-def test_killed_diffusion_and_online_classifier_stages_resume_to_the_same_bytes_and_bad_or_stale_states_are_not_used(tmp_path):
+def test_killed_diffusion_and_online_classifier_stages_resume_to_the_same_bytes_and_bad_or_stale_states_are_not_used(tmp_path, capsys):
     # killed right after its first state (step 10 of 40), then rerun: it resumes there
     cut = folder_with(tmp_path / "cut", **DIFFUSION)
     state = kill_after_a_state(stage(cut, "stages.diffusion", "--task", "0"), cut)
     saved = state.read_bytes()  # written atomically: complete once it has its name
     assert not (cut / OUTPUTS[0]).exists()  # killed: no output that looks finished
-    err = finish(stage(cut, "stages.diffusion", "--task", "0"))
+    err = run_here(capsys, cut, "stages.diffusion", "--task", "0")
     assert f"resuming from .resume/{state.name} at step " in err
     assert list((cut / ".resume").iterdir()) == []  # removed once the stage succeeded
 
@@ -82,7 +95,7 @@ def test_killed_diffusion_and_online_classifier_stages_resume_to_the_same_bytes_
     whole = folder_with(tmp_path / "whole", **DIFFUSION)
     (whole / ".resume").mkdir()
     (whole / ".resume" / state.name).write_bytes(saved[: len(saved) // 2])
-    err = finish(stage(whole, "stages.diffusion", "--task", "0"))
+    err = run_here(capsys, whole, "stages.diffusion", "--task", "0")
     lines = [line for line in err.splitlines() if "resume state" in line]
     assert len(lines) == 1 and lines[0].startswith(f"resume state .resume/{state.name} is unreadable (")
     assert lines[0].endswith("); starting fresh") and "resuming" not in err
@@ -92,13 +105,13 @@ def test_killed_diffusion_and_online_classifier_stages_resume_to_the_same_bytes_
 
     # the online classifier of task 1, killed part-way through its guided replay: the same bytes again
     for st in (("stages.oracle",), ("stages.classifier", "--task", "0"), ("stages.classifier", "--task", "1")):
-        finish(stage(whole, *st))
+        run_here(capsys, whole, *st)
     for f in ("artifacts/oracle.pt", "artifacts/classifier/task0/round0.pt"):
         (cut / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(whole / f, cut / f)  # what those stages would write there: same inputs, same bytes
     cstate = kill_after_a_state(stage(cut, "stages.classifier", "--task", "1"), cut)
     assert cstate.name.startswith("classifier-t1-")
-    assert f"resuming from .resume/{cstate.name} at step " in finish(stage(cut, "stages.classifier", "--task", "1"))
+    assert f"resuming from .resume/{cstate.name} at step " in run_here(capsys, cut, "stages.classifier", "--task", "1")
     for out in CLASSIFIER:
         assert (cut / out).read_bytes() == (whole / out).read_bytes(), out
 
@@ -107,5 +120,5 @@ def test_killed_diffusion_and_online_classifier_stages_resume_to_the_same_bytes_
     (cut / ".resume" / state.name).write_bytes(saved)
     (cut / "params.yaml").write_text(dump_params(preset("smoke", **{**DIFFUSION, "diffusion": {
         **DIFFUSION["diffusion"], "lr": 2e-3, "steps_first": 10}})))
-    assert "resuming" not in finish(stage(cut, "stages.diffusion", "--task", "0"))
+    assert "resuming" not in run_here(capsys, cut, "stages.diffusion", "--task", "0")
     assert list((cut / ".resume").iterdir()) == []
