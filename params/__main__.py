@@ -2,7 +2,8 @@
 
     python -m params --preset smoke            # prints it
     python -m params --preset smoke -o params.yaml
-    python -m params --check params.yaml       # validate; exit 2 with the fields named when invalid
+    python -m params --check params.yaml       # validate, and build what every stage would build from it
+                                               # (no data, no training); exit 2 naming the field when invalid
 """
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check", metavar="PARAMS_YAML", help="validate a params file")
     args = ap.parse_args(argv)
     try:
-        if args.check:
-            load_params(args.check)
+        if args.check:  # what every stage would build from it, too (stages.construct)
+            from stages.construct import check_constructs
+
+            check_constructs(load_params(args.check), args.check)
             print(f"{args.check}: valid")
             return 0
         if not args.preset:

@@ -14,12 +14,25 @@ class ParamsError(ValueError):
 
 
 def _describe(err: ValidationError, source: str) -> str:
-    lines = []
+    lines, named = [], set()
     for e in err.errors():
-        field = ".".join(str(p) for p in e["loc"])
+        loc = list(e["loc"])
+        items = []
+        while loc and isinstance(loc[-1], int):  # an item of a list: one line for the field
+            items.insert(0, loc.pop())
+        field = ".".join(str(p) for p in loc)
+        if field and field in named:
+            continue
+        named.add(field)
         msg = e["msg"].removeprefix("Value error, ")
+        if items:
+            msg = f"item {'.'.join(map(str, items))}: {msg}"
         if not field:  # a check across fields: its message names the fields and the values
             lines.append(f"{source}: {msg}")
+            continue
+        if e["type"] == "value_error" and isinstance(e.get("input"), dict):  # a check across a group's fields
+            sub, sep, rest = msg.partition(": ")  # its message starts with the field it blames
+            lines.append(f"{source}: {field}.{sub}: {rest}" if sep and sub.isidentifier() else f"{source}: {field}: {msg}")
             continue
         got = "" if e["type"] == "missing" else f" (got {e['input']!r})"
         if e["type"] == "extra_forbidden":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
@@ -26,8 +26,30 @@ from guide.samplers import SAMPLERS
 _RECORDERS: list = []  # params.record: the recorders in effect (innermost last)
 
 
+def _scalar_types(annotation) -> set:
+    """The plain types a field's annotation admits (through Optional, Literal and Annotated)."""
+    args = get_args(annotation)
+    if get_origin(annotation) is Literal:
+        return {type(a) for a in args}
+    if not args or get_origin(annotation) in (tuple, list):
+        return {annotation}
+    return set().union(*(_scalar_types(a) for a in args))
+
+
 class Group(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no NaN or ±inf where a number belongs (a scale, a rate): pydantic takes both by default
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, v, info):
+        """YAML's true/false where a number belongs: pydantic would read them as 1 and 0."""
+        types = _scalar_types(cls.model_fields[info.field_name].annotation)
+        if isinstance(v, bool) and bool not in types:
+            raise ValueError(f"a boolean ({str(v).lower()}) where a number or text belongs")
+        if isinstance(v, (list, tuple)) and any(isinstance(e, bool) for e in v) and bool not in types:
+            raise ValueError(f"a boolean in {list(v)} where numbers belong")
+        return v
 
     def __getattribute__(self, name: str):
         value = super().__getattribute__(name)
@@ -86,10 +108,10 @@ def _respacing_as_text(v):
 class UNetParams(Group):
     model_channels: PositiveInt = 32
     num_res_blocks: PositiveInt = 1
-    channel_mult: tuple[PositiveInt, ...] = (1, 2, 2)
+    channel_mult: tuple[PositiveInt, ...] = Field((1, 2, 2), min_length=1)
     attention_resolutions: tuple[PositiveInt, ...] = ()
     num_heads: PositiveInt = 4
-    num_head_channels: int = -1  # > 0 sets heads by channel width instead of num_heads
+    num_head_channels: int = -1  # > 0 sets heads by channel width instead of num_heads; -1: num_heads
     dropout: float = Field(0.1, ge=0, lt=1)
     class_cond: Literal[CLASS_COND_KINDS] = "concat_time_1hot"
     use_scale_shift_norm: bool = True
@@ -98,6 +120,14 @@ class UNetParams(Group):
     # "bf16": the UNet's forward pass (diffusion training, rehearsal and replay sampling) under bf16
     # autocast; not the reference's arithmetic, so off unless chosen (README: "bf16")
     precision: Literal[PRECISIONS] = "fp32"
+
+
+    @field_validator("num_head_channels")
+    @classmethod
+    def _heads_by_width(cls, v: int) -> int:
+        if v == 0 or v < -1:
+            raise ValueError(f"{v}: expected channels per head (> 0) or -1 (heads from num_heads)")
+        return v
 
 
 class Diffusion(Group):
@@ -153,7 +183,7 @@ class Guidance(Group):
     @model_validator(mode="after")
     def _range(self):
         if self.scale_max is not None and self.scale_max < self.scale:
-            raise ValueError(f"scale_max={self.scale_max} is below scale={self.scale}")
+            raise ValueError(f"scale_max: {self.scale_max} is below guidance.scale = {self.scale}")
         return self
 
     @property

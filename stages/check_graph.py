@@ -11,6 +11,7 @@ import sys
 from guide.io import atomic_write_text
 from params import STRUCTURAL_KEYS, Params, ParamsError, load_params
 from stages import paths
+from stages.construct import check_constructs
 from stages.tracking import wandb_key_problem
 
 RENDER = "python -m pipeline.render"
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         p = load_params(args.params)
+        check_constructs(p, args.params)  # what every stage builds from it, before any of them runs
     except ParamsError as err:
         print(f"stages.check_graph: {err}", file=sys.stderr)
         return 2
