@@ -31,6 +31,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -224,10 +225,12 @@ def run_stage(name: str, cmd: str, root: str, outputs: list[str], threads: dict[
     logger.info("$ %s", cmd)
     proc = subprocess.Popen(cmd, shell=True, cwd=root, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:
-        line = line.rstrip().rsplit("\r", 1)[-1]  # progress bars: keep the latest state
+    bars = StageProgress(name)
+    for line in proc.stdout:  # text mode reads a progress bar's every "\r" redraw as a line
+        line = line.rstrip().rsplit("\r", 1)[-1]
         if line:
             logger.info(line)
+            bars.see(line)
     if proc.wait():
         return Failed(message=f"stage {name} failed ({describe_exit(proc.returncode)}): {cmd}")
     publish(root, outputs)
@@ -236,6 +239,42 @@ def run_stage(name: str, cmd: str, root: str, outputs: list[str], threads: dict[
         logger.info("%s pushed to the DVC remote", name)
         return "ran", entry, exchange.read_files(root, uncached(outputs))
     return "ran"
+
+
+# a stage's tqdm line: "classifier@1.1:  45%|████▌     | 9/20 [00:03<00:04,  2.51it/s, loss=0.6]"
+BAR = re.compile(r"^(?P<desc>\S+): +(?P<pct>\d+)%\|.*?\| *(?P<n>\d+)/(?P<total>\d+) \[(?P<elapsed>[^<\]]*)<(?P<left>[^,\]]*)")
+
+
+class StageProgress:
+    """A running stage's progress bars as one Prefect progress artifact of its task run (the UI's
+    progress bar, and the artifact list's latest value): the percentage of the bar drawn last, and
+    its steps, elapsed and remaining time as the description. Updated when a bar moves by 5 points,
+    starts or ends: a few API calls a stage, whatever its length."""
+
+    def __init__(self, stage: str):
+        self.stage, self.id, self.shown = stage, None, None
+
+    def see(self, line: str) -> None:
+        m = BAR.match(line)
+        if not m:
+            return
+        pct = float(m["pct"])
+        if self.shown is not None and self.shown[0] == m["desc"] and self.shown[1] <= pct < min(self.shown[1] + 5, 100):
+            return
+        from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+        text = f"{self.stage} — {m['desc']}: {m['n']}/{m['total']}, {m['elapsed'].strip()} elapsed, " \
+               f"{m['left'].strip()} left"
+        try:
+            if self.id is None:
+                self.id = create_progress_artifact(pct, description=text)
+            else:
+                update_progress_artifact(self.id, pct, description=text)
+        except Exception as err:  # progress is a courtesy: a stage never fails over it
+            get_run_logger().warning("progress artifact not updated: %s", " ".join(str(err).split())[:200])
+            self.id = self.shown = None
+            return
+        self.shown = (m["desc"], pct)
 
 
 def publish(root: str, outputs: list[str]) -> None:

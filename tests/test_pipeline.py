@@ -153,7 +153,8 @@ def test_structural_change_stops_at_once_naming_the_render_command(repo):
 def test_flow_reruns_what_changed_clears_a_stages_outputs_first_and_leaves_dvc_status_clean(repo, capsys):
     """A changed evaluation batch size reruns the evaluations; a stray file in a replay stage's output
     folder (left by a killed run) makes DVC call that stage changed: the flow removes it with the
-    stage's outputs before rerunning it, and the rerun writes the same bytes, so nothing after it runs."""
+    stage's outputs before rerunning it, and the rerun writes the same bytes, so nothing after it runs.
+    A stage that ran with a progress bar shows it as a Prefect progress artifact of its task run."""
     path, env, _ = repo
     params = (path / "params.yaml").read_text()
     (path / "params.yaml").write_text(params.replace("batch_size: 500", "batch_size: 250"))
@@ -167,6 +168,18 @@ def test_flow_reruns_what_changed_clears_a_stages_outputs_first_and_leaves_dvc_s
     assert not stray.exists()
     status = sh("dvc status", path, env=env)
     assert "up to date" in status.stdout
+    # the stage that ran with a progress bar (sampling) showed it as a progress artifact of its task run
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
+
+    with get_client(sync_client=True) as client:
+        shown = {}
+        for a in client.read_artifacts(artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"]))):
+            run = client.read_task_run(a.task_run_id)
+            if client.read_flow_run(run.flow_run_id).parameters.get("root") == str(path):
+                shown[run.name] = (a.data, a.description)
+    assert set(shown) == {"replay-t1-r0"}, shown  # of those that ran, the one with a progress bar
+    assert shown["replay-t1-r0"][0] == 100 and shown["replay-t1-r0"][1].startswith("replay-t1-r0 — replay@1.0: "), shown
 
 
 SERVER = "prefect.server.api.server:create_app"  # in the command line of every Prefect server process
