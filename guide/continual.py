@@ -142,7 +142,7 @@ def restore_streams(state: dict, generator: torch.Generator, batches: EpochBatch
 def generate(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, *, batch_size: int,
              sampler: str = "ddim", eta: float = 0.0, clip: bool = True, generator: torch.Generator,
              guidance_for: Callable[[Tensor], object] | None = None,
-             callback: Callback | None = None, world: World = World()) -> tuple[Tensor, Tensor]:
+             callback: Callback | None = None, world: World = World(), batches=None) -> tuple[Tensor, Tensor]:
     """Sample one image per label from the class-conditional model, in batches.
 
     `guidance_for(labels_of_batch)` builds the guidance of one batch (or returns None). `clip`: clip
@@ -153,11 +153,21 @@ def generate(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, *, batch
 
     Over several ranks, batch i is sampled by rank i mod N; the others only advance the generators
     past it, and the images are gathered, so every rank returns what one process would.
+
+    `batches` (stages.resume.Batches, one process): each finished batch is kept as it ends, and the
+    batches kept by an interrupted run with the same inputs are taken instead of drawn again (their
+    random streams restored), so the result is the uninterrupted run's.
     """
     model.eval()
     done: dict[int, tuple[Tensor, Tensor]] = {}
+    if batches is not None:
+        done = {i: (x.to(labels.device), t.to(labels.device)) for i, (x, t) in batches.restore().items()}
+        for _ in range(len(done) * schedule.num_steps if callback is not None else 0):
+            callback(0, 0)  # the sampler calls it once a step: count the restored batches' steps as done
     shape = (model.in_channels, model.image_size, model.image_size)
     for i, start in enumerate(range(0, len(labels), batch_size)):
+        if i in done:
+            continue
         yb = labels[start : start + batch_size]
         noise = torch.randn((len(yb), *shape), generator=generator)
         guidance = guidance_for(yb) if guidance_for is not None else None
@@ -168,6 +178,8 @@ def generate(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, *, batch
                         generator=generator, callback=callback)
         last = getattr(guidance, "last_target", None)
         done[i] = images, (last if last is not None else torch.full_like(yb, -1))
+        if batches is not None:
+            batches.save(i, (done[i][0].cpu(), done[i][1].cpu()))
     if world.size > 1:
         device = labels.device
         done = {i: (x.to(device), t.to(device))

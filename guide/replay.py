@@ -109,20 +109,22 @@ class GuidedReplay:
                                generator=scales)
 
     def draw(self, n: int, current: nn.Module, noise: torch.Generator, scales: torch.Generator,
-             callback=None) -> tuple[Tensor, Tensor, Tensor]:
+             callback=None, keep=None) -> tuple[Tensor, Tensor, Tensor]:
         """n replay images with labels uniform over the old classes; `current` is the current
         classifier (it steers GUIDE's replay and measures every method's). Returns (images, labels,
-        targets) on the CPU."""
+        targets) on the CPU. `keep(part, streams)`: where finished batches are kept for a resumed
+        run (stages.resume.Resume.batches), or None."""
         device = next(self.unet.parameters()).device
         labels = torch.randint(self.old.start, self.old.stop, (n,), generator=noise)
         twin = torch.Generator().set_state(noise.get_state())
         images, targets = generate(self.unet, self.schedule, labels.to(device), batch_size=self.batch_size,
                                    generator=noise, guidance_for=self.guidance(current, scales), callback=callback,
-                                   world=self.world, **self.sampling)
+                                   world=self.world, batches=keep and keep("drawn", [noise, scales]), **self.sampling)
         plain = images
         if bool((targets >= 0).any()):  # guided: draw the unguided twin from the same noise
             plain, _ = generate(self.unet, self.schedule, labels.to(device), batch_size=self.batch_size,
-                                generator=twin, world=self.world, **self.sampling)
+                                generator=twin, world=self.world, batches=keep and keep("twin", [twin]),
+                                **self.sampling)
         self.probe.add(images, plain, labels.to(device), current)
         return images.cpu(), labels, targets.cpu()
 

@@ -40,8 +40,10 @@ def run(ctx: Context) -> None:
     schedule = ctx.schedule().respace(p.respacing)
     model = ctx.load_unet(paths.diffusion(t - 1), weights="model")
     bar, tick = sampling_bar(len(labels), p.batch_size, schedule.num_steps, f"rehearsal@{t}", ctx.world)
+    noise, resume = ctx.generator("noise"), ctx.resume()  # finished batches kept for a rerun after a kill
     images, _ = generate(model, schedule, labels.to(ctx.device), batch_size=p.batch_size, sampler=p.sampler,
-                         eta=p.eta, generator=ctx.generator("noise"), callback=tick, world=ctx.world)
+                         eta=p.eta, generator=noise, callback=tick, world=ctx.world,
+                         batches=resume.batches("drawn", [noise], ctx.world.size))
     bar.close()
     if not ctx.world.main:  # every rank holds the gathered images; rank 0 writes them
         return
@@ -49,6 +51,7 @@ def run(ctx: Context) -> None:
         "kind": "rehearsal", "task": t, "sampler": p.sampler, "respacing": p.respacing, "eta": p.eta,
         "guidance": None, "sources": {paths.diffusion(t - 1): sha256_file(paths.diffusion(t - 1))},
     })
+    resume.finish()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,9 @@ def run(ctx: Context) -> None:
     n = layout.chunks * layout.per_chunk
     bar, tick = sampling_bar(n, ctx.params.replay.batch_size, replay.schedule.num_steps, f"replay@{t}.{r}",
                              ctx.world)
-    images, labels, targets = replay.draw(n, current, ctx.generator("noise"), ctx.generator("scales"), tick)
+    resume = ctx.resume()  # finished batches kept for a rerun after a kill (stages/resume.py)
+    images, labels, targets = replay.draw(n, current, ctx.generator("noise"), ctx.generator("scales"), tick,
+                                          keep=lambda part, streams: resume.batches(part, streams, ctx.world.size))
     bar.close()
     if not ctx.world.main:  # every rank holds the gathered shard; rank 0 writes it
         return
@@ -48,6 +50,7 @@ def run(ctx: Context) -> None:
                replay_io.manifest(ctx, replay, steered_by,
                                   {"round": r, "chunks": layout.chunks, "per_chunk": layout.per_chunk}),
                extra={"targets": targets})
+    resume.finish()
 
 
 def main(argv: list[str] | None = None) -> int:

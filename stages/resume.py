@@ -11,6 +11,12 @@ are removed). A state that does not load (truncated, corrupt, another version) i
 line and removed, and the stage starts fresh. The state is removed when the stage succeeds.
 Under torchrun, rank 0 writes and every rank reads.
 
+The sampling stages (rehearsal; replay in rounds mode) resume by finished batch instead: each batch's
+images are written, when it is done, to a file of their own under `.resume/STAGE-KEY/` with the
+state of every random stream after it (`Batches`), so a rerun with the same inputs takes the batches
+already drawn and samples only the rest; a part that does not load ends what is taken there. One
+process only: under torchrun the sampling stages start over.
+
 Resumed output is byte-identical to an uninterrupted run's (tests/test_resume.py).
 """
 from __future__ import annotations
@@ -19,6 +25,7 @@ import hashlib
 import json
 import os
 import shlex
+import shutil
 import sys
 from pathlib import Path
 
@@ -96,7 +103,9 @@ class Resume:
         with unrecorded():  # the key hashes the declared params only; reading the rest is not a use
             tree = params.model_dump(mode="json")
         self.path = Path(folder) / f"{name}-{stage_key(name, entry, tree)}.pt"
-        self._stale = [p for p in Path(folder).glob(f"{name}-*.pt") if p != self.path] if Path(folder).is_dir() else []
+        # this stage's states (and folders of finished batches) made under other inputs
+        self._stale = [p for p in Path(folder).glob(f"{name}-*") if p.with_suffix("") != self.path.with_suffix("")
+                       and (p.suffix == ".pt" or p.is_dir())] if Path(folder).is_dir() else []
 
     def due(self, step: int, last: int) -> bool:
         """Whether to write a state after `step` (never after the last step: the output follows)."""
@@ -109,7 +118,7 @@ class Resume:
             return None
         if self.main:
             for p in self._stale:
-                p.unlink(missing_ok=True)
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         if not self.path.exists():
             return None
         try:
@@ -138,3 +147,57 @@ class Resume:
         """The stage succeeded: its state is no longer needed."""
         if self.path is not None and self.main:
             self.path.unlink(missing_ok=True)
+            shutil.rmtree(self.path.with_suffix(""), ignore_errors=True)
+
+    def batches(self, part: str, streams: list[torch.Generator], world_size: int = 1) -> "Batches | None":
+        """The finished batches of sampling run `part` of this stage (None: not kept — resume states
+        off, no dvc.yaml entry, or several processes). Stale folders of this stage are removed."""
+        if self.path is None or world_size > 1:
+            return None
+        if self.main:
+            for p in self._stale:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        return Batches(self.path.with_suffix("") / part, streams)
+
+
+class Batches:
+    """A sampling run's finished batches, one file each (`batch-000012.pt`: the batch's outputs and
+    the state of every stream in `streams` after it), written atomically as each batch ends.
+    `restore()` returns the batches already drawn, from the first on and without a gap, and puts the
+    streams where they were after the last of them."""
+
+    def __init__(self, folder: Path, streams: list[torch.Generator]):
+        self.folder, self.streams = folder, streams
+
+    def _path(self, i: int) -> Path:
+        return self.folder / f"batch-{i:06d}.pt"
+
+    def restore(self) -> dict[int, tuple]:
+        done, last = {}, None
+        while self._path(len(done)).exists():
+            path = self._path(len(done))
+            try:
+                entry = torch.load(path, map_location="cpu", weights_only=False)
+                outputs, states = entry["outputs"], entry["streams"]
+                if len(states) != len(self.streams):
+                    raise ValueError(f"{len(states)} random streams, not {len(self.streams)}")
+            except Exception as err:  # truncated or foreign: take what came before it
+                why = " ".join(str(err).split())[:120]
+                print(f"resume part {path} is unreadable ({type(err).__name__}: {why}); "
+                      f"sampling from batch {len(done)}", file=sys.stderr)
+                break
+            done[len(done)], last = outputs, states
+        for stale in sorted(self.folder.glob("batch-*.pt")) if self.folder.is_dir() else []:
+            if int(stale.stem.split("-")[1]) >= len(done):
+                stale.unlink(missing_ok=True)  # after a gap or an unreadable part: drawn again
+        if last is not None:
+            for g, state in zip(self.streams, last):
+                g.set_state(state)
+            print(f"resuming {self.folder} after {len(done)} finished batches", file=sys.stderr)
+        return done
+
+    def save(self, i: int, outputs: tuple) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = self._path(i).with_name(f".batch-{i:06d}.{os.getpid()}.tmp")
+        torch.save({"outputs": outputs, "streams": [g.get_state() for g in self.streams]}, tmp)
+        os.replace(tmp, self._path(i))

@@ -29,7 +29,9 @@ def folder_with(path: Path, **overrides) -> Path:
             shutil.copy2(ROOT / f, path / f)
     shutil.copy2(ROOT / "guide/imagenet100_classes.txt", path / "guide/imagenet100_classes.txt")
     (path / "params.yaml").write_text(dump_params(preset("smoke", **overrides)))
-    subprocess.run([sys.executable, "-m", "pipeline.render"], cwd=path, check=True, capture_output=True)
+    from pipeline.render import main as render  # in this process: a new Python costs ~2 s of CPU
+
+    assert render(["--params", str(path / "params.yaml"), "--output", str(path / "dvc.yaml")]) == 0
     return path
 
 
@@ -122,3 +124,52 @@ def test_killed_diffusion_and_online_classifier_stages_resume_to_the_same_bytes_
         **DIFFUSION["diffusion"], "lr": 2e-3, "steps_first": 10}})))
     assert "resuming" not in run_here(capsys, cut, "stages.diffusion", "--task", "0")
     assert list((cut / ".resume").iterdir()) == []
+
+
+# rounds mode (a replay stage), and sampling in many small batches
+SAMPLING = {"guidance": {"mode": "rounds"}, "rehearsal": {"per_task": 40, "batch_size": 4},
+            "replay": {"batch_size": 8}}
+DRAWN = ("artifacts/rehearsal/task1/shard.pt", "artifacts/rehearsal/task1/manifest.json",
+         "artifacts/replay/task1/round0/shard.pt", "artifacts/replay/task1/round0/manifest.json",
+         "metrics/replay/task1-r0.json", "plots/replay/task1.png")
+
+
+def test_interrupted_sampling_stages_resume_by_finished_batch_to_the_same_bytes(tmp_path, capsys, monkeypatch):
+    """Rehearsal, and rounds-mode replay with its unguided twin, stopped after some finished batches
+    (an exception where a kill would land, once a batch is kept): the rerun takes the kept batches,
+    draws the rest and writes the uninterrupted run's bytes; a truncated batch file is drawn again."""
+    from stages.resume import Batches
+
+    whole = folder_with(tmp_path / "whole", **SAMPLING)
+    for st in (("stages.diffusion", "--task", "0"), ("stages.oracle",), ("stages.classifier", "--task", "0"),
+               ("stages.rehearsal", "--task", "1"), ("stages.replay", "--task", "1", "--round", "0")):
+        run_here(capsys, whole, *st)
+    cut = folder_with(tmp_path / "cut", **SAMPLING)
+    for f in ("artifacts/diffusion/task0.pt", "artifacts/oracle.pt", "artifacts/classifier/task0/round0.pt"):
+        (cut / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(whole / f, cut / f)
+
+    keep = Batches.save
+    for stop_in, stop_at, st in (("drawn", 3, ("stages.rehearsal", "--task", "1")),
+                                 ("twin", 2, ("stages.replay", "--task", "1", "--round", "0"))):
+        def save_then_stop(self, i, outputs, stop_in=stop_in, stop_at=stop_at):
+            keep(self, i, outputs)
+            if self.folder.name == stop_in and i == stop_at:
+                raise KeyboardInterrupt  # stopped with batches 0..stop_at kept
+        monkeypatch.setattr(Batches, "save", save_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            run_here(capsys, cut, *st)
+        monkeypatch.setattr(Batches, "save", keep)
+        kept = sorted((cut / ".resume").glob(f"*/{stop_in}/batch-*.pt"))
+        assert len(kept) == stop_at + 1
+        if stop_in == "drawn":  # a truncated part: it and what follows are drawn again
+            kept[2].write_bytes(kept[2].read_bytes()[:100])
+        err = run_here(capsys, cut, *st)
+        resumed = [line for line in err.splitlines() if "finished batches" in line or "unreadable" in line]
+        if stop_in == "drawn":
+            assert len(resumed) == 2 and "is unreadable" in resumed[0] and "after 2 finished batches" in resumed[1]
+        else:  # the guided batches all kept (64 images in 8), then the twin's first three
+            assert "drawn after 8 finished batches" in resumed[0] and "twin after 3 finished batches" in resumed[1]
+        assert list((cut / ".resume").iterdir()) == []  # removed once the stage succeeded
+    for out in DRAWN:
+        assert (cut / out).read_bytes() == (whole / out).read_bytes(), out
