@@ -1,0 +1,202 @@
+"""A paper preset end to end in miniature, before spending GPU-hours on it: a few images per class
+written in the dataset's real on-disk layout (CIFAR's pickled batches, the ImageNet100-64 ImageFolder
+tree of PNG files, Fashion-MNIST's IDX files), the preset unchanged but for step counts (training
+steps and T, the fewest its respacings allow), sample counts, batch sizes and the UNet's width, and
+every stage of its graph run in one process (`pipeline.inprocess`): the real loaders, its UNet
+settings (attention, conditioning, scale-shift norm, up/down-sampling blocks), its classifier, its
+samplers and respacings, its guidance mode and scales.
+
+    python -m pipeline.miniature --preset cifar10_5 --workdir /tmp/mini      # one preset
+    python -m pipeline.miniature --all --workdir /tmp/mini                   # every paper preset and fashion_mnist5
+
+Prints, per preset, what changed from the preset, the stages run and the time; checks that the
+accuracy matrix, the replay measurements and the replay grids came out well formed. Exit 1 naming
+the preset and the problem otherwise. Nothing is downloaded; the workdir holds data and artifacts.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gzip
+import json
+import os
+import pickle
+import struct
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+PAPER = ("cifar10_2", "cifar10_5", "cifar100_5", "cifar100_10", "imagenet100_64_5", "fashion_mnist5")
+TRAIN_PER_CLASS, TEST_PER_CLASS = 4, 2
+
+
+# --- data in each dataset's own layout ---------------------------------------------------------------
+def _images(rng: np.random.Generator, n: int, shape: tuple[int, ...], labels: np.ndarray) -> np.ndarray:
+    """uint8 images whose mean brightness depends on the class (so a classifier can tell some apart)."""
+    base = (labels.reshape(-1, *[1] * len(shape)) * 37 % 200).astype(np.int64)
+    return np.clip(base + rng.integers(0, 56, (n, *shape)), 0, 255).astype(np.uint8)
+
+
+def write_cifar10(root: Path, rng: np.random.Generator) -> None:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, per_class in [(f"data_batch_{i}", TRAIN_PER_CLASS) for i in range(1, 6)] + [("test_batch", TEST_PER_CLASS)]:
+        labels = np.repeat(np.arange(10), per_class if name == "test_batch" else 1)
+        with open(folder / name, "wb") as f:  # the five training batches share the train images
+            pickle.dump({"data": _images(rng, len(labels), (3 * 32 * 32,), labels), "labels": labels.tolist()}, f)
+
+
+def write_cifar100(root: Path, rng: np.random.Generator) -> None:
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, per_class in (("train", TRAIN_PER_CLASS), ("test", TEST_PER_CLASS)):
+        labels = np.repeat(np.arange(100), per_class)
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": _images(rng, len(labels), (3 * 32 * 32,), labels), "fine_labels": labels.tolist()}, f)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"class{c:03d}" for c in range(100)]}, f)
+
+
+def write_imagenet100_64(root: Path, rng: np.random.Generator) -> None:
+    """PNG files of 80×96 (not square, not 64: the loader's resize-76-and-centre-crop-64 runs)."""
+    from PIL import Image
+
+    from guide.data import imagenet100_classes
+
+    for split, per_class in (("train", TRAIN_PER_CLASS), ("val", TEST_PER_CLASS)):
+        for label, wnid in enumerate(imagenet100_classes()):
+            folder = root / "imagenet100_64" / split / wnid
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, pixels in enumerate(_images(rng, per_class, (80, 96, 3), np.full(per_class, label))):
+                Image.fromarray(pixels).save(folder / f"{wnid}_{i}.png")
+
+
+def _idx(path: Path, data: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, data.ndim]) + b"".join(struct.pack(">i", d) for d in data.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + data.astype(np.uint8).tobytes())
+
+
+def write_fashion_mnist(folder: Path, rng: np.random.Generator) -> None:
+    """The four IDX files, gzipped as Debian ships them, in `folder` (data.root of fashion_mnist)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, per_class in (("train", TRAIN_PER_CLASS), ("t10k", TEST_PER_CLASS)):
+        labels = np.repeat(np.arange(10), per_class)
+        _idx(folder / f"{prefix}-images-idx3-ubyte.gz", _images(rng, len(labels), (28, 28), labels))
+        _idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+
+
+# dataset -> (writer, the folder under the data root that data.root names: "" = the root itself)
+WRITERS = {"cifar10": (write_cifar10, ""), "cifar100": (write_cifar100, ""),
+           "imagenet100_64": (write_imagenet100_64, ""), "fashion_mnist": (write_fashion_mnist, "fashion-mnist")}
+
+
+# --- the preset, shrunk --------------------------------------------------------------------------------
+def fewest_timesteps(p) -> int:
+    """The smallest T among 100, 250, 1000 at which every respacing of `p` samples."""
+    from guide.diffusion import respaced_timesteps
+
+    for T in (100, 250, 1000):
+        try:
+            for spec in (p.diffusion.train_respacing, p.rehearsal.respacing, p.replay.respacing):
+                respaced_timesteps(T, spec)
+            return T
+        except ValueError:
+            continue
+    return p.diffusion.num_timesteps
+
+
+def shrink(name: str, data_root: Path) -> dict:
+    """The overrides that make preset `name` a miniature: step counts, sample counts, batch sizes and
+    the UNet's width (the smallest that keeps its heads and its 1-hot class embedding), nothing else."""
+    from params import preset
+
+    p = preset(name)
+    u = p.diffusion.unet
+    width = max(16, u.num_head_channels if u.num_head_channels > 0 else 16)
+    while 4 * width <= p.num_classes or any(width * m % (u.num_head_channels if u.num_head_channels > 0 else u.num_heads)
+                                            for m in u.channel_mult):
+        width += 16
+    tasks = p.data.num_tasks
+    over = {
+        "diffusion": {"steps_first": 2, "steps_later": 2, "batch_size": 4, "num_timesteps": fewest_timesteps(p),
+                      "unet": {"model_channels": width}},
+        "rehearsal": {"per_task": 2, "batch_size": 2},
+        "replay": {"batch_size": 4},
+        "classifier": {"steps_first": 2, "steps_later": 2 * p.replay.rounds, "batch_size": max(4, tasks)},
+        "oracle": {"steps": 2, "batch_size": 8},
+        "evaluate": {"batch_size": 64, "grid_images": 2},
+        "run": {"device": "cpu"},
+    }
+    if p.data.dataset in WRITERS:
+        sub = WRITERS[p.data.dataset][1]
+        over["data"] = {"root": str(data_root / sub if sub else data_root)}
+    return over
+
+
+def run_preset(name: str, workdir: Path) -> dict:
+    """Preset `name` in miniature under workdir/NAME: data written, every stage run in this process.
+    Returns what was run and found; RuntimeError naming the problem."""
+    from params import dump_params, load_params, preset
+    from pipeline.inprocess import run_all
+
+    folder = workdir / name
+    data_root = workdir / "data"
+    dataset = preset(name).data.dataset
+    marker = data_root / f".{dataset}.written"
+    if dataset in WRITERS and not marker.exists():
+        WRITERS[dataset][0](data_root / WRITERS[dataset][1] if WRITERS[dataset][1] else data_root,
+                            np.random.default_rng(0))
+        marker.touch()
+    folder.mkdir(parents=True, exist_ok=True)
+    over = shrink(name, data_root)
+    (folder / "params.yaml").write_text(dump_params(preset(name, **over)))
+    started = time.perf_counter()
+    with contextlib.chdir(folder):
+        stages = run_all("params.yaml")
+        p = load_params("params.yaml")
+    seconds = time.perf_counter() - started
+    summary = json.loads((folder / "metrics/summary.json").read_text())
+    T = p.data.num_tasks
+    matrix = summary["accuracy_matrix"]
+    if len(matrix) != T or any(len(row) != T for row in matrix):
+        raise RuntimeError(f"{name}: the accuracy matrix is not {T}×{T}")
+    for i, row in enumerate(matrix):
+        for j, v in enumerate(row):
+            if (v is None) != (j < i) or (v is not None and not 0 <= v <= 1):
+                raise RuntimeError(f"{name}: accuracy matrix entry ({i}, {j}) = {v}")
+    missing = [f for t in range(1, T) for f in (f"metrics/replay/task{t}.json", f"plots/replay/task{t}.png")
+               if not (folder / f).is_file()] if p.generated_replay else []
+    if missing:
+        raise RuntimeError(f"{name}: missing {', '.join(missing)}")
+    return {"preset": name, "stages": len(stages), "seconds": seconds, "final": summary["final_average_accuracy"],
+            "changed": over}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipeline.miniature", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    which = ap.add_mutually_exclusive_group(required=True)
+    which.add_argument("--preset", action="append", choices=PAPER, help="a preset (repeatable)")
+    which.add_argument("--all", action="store_true", help=f"all of {', '.join(PAPER)}")
+    ap.add_argument("--workdir", required=True, help="where the data and each preset's artifacts go")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    workdir = Path(args.workdir).resolve()
+    failed = 0
+    for name in PAPER if args.all else args.preset:
+        try:
+            r = run_preset(name, workdir)
+        except RuntimeError as err:
+            print(f"pipeline.miniature: {err}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{name}: {r['stages']} stages in {r['seconds']:.1f} s, final average accuracy {r['final']:.3f} "
+              f"(changed: {json.dumps(r['changed'], separators=(',', ':'))})", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
