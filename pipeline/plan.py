@@ -27,10 +27,9 @@ from pathlib import Path
 
 from params import Params, load_params
 from stages.common import clock
+from stages.construct import build_unet, network_shapes  # noqa: F401 (build_unet: benchmarks import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
-CHANNELS = {"mnist": 1, "mnist5k": 1, "fashion_mnist": 1, "cifar10": 3, "cifar100": 3, "imagenet100_64": 3}
-NATIVE_SIZE = {"mnist": 28, "mnist5k": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32, "imagenet100_64": 64}
 
 
 @dataclass
@@ -186,22 +185,6 @@ def calibrate(p: Params, shapes: set[tuple[int, int, bool]], repeats: int = 3) -
 # --- FLOPs and memory ----------------------------------------------------------------------------
 COUNT_BATCH = 2  # the batch the counts are made at (BatchNorm trains on 2 or more); FLOPs and saved
                  # activations grow in proportion to the batch, so they are scaled from it
-
-
-def network_shapes(p: Params) -> tuple[int, int, int]:
-    """(image size, channels, classes) of the run's data."""
-    d = p.data
-    size = d.synthetic.image_size if d.dataset == "synthetic" else d.image_size or NATIVE_SIZE[d.dataset]
-    ch = d.synthetic.channels if d.dataset == "synthetic" else CHANNELS.get(d.dataset, 3)
-    return size, ch, p.num_classes
-
-
-def build_unet(p: Params):
-    """The run's diffusion UNet, freshly initialised, built from its params alone (no data needed)."""
-    from guide.models import UNet
-
-    size, ch, k = network_shapes(p)
-    return UNet(image_size=size, in_channels=ch, out_channels=ch, num_classes=k, **p.diffusion.unet.model_dump())
 
 
 def _counted(fn, *networks) -> tuple[float, int]:

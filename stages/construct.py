@@ -29,25 +29,25 @@ from guide.models import build_classifier
 from guide.models.unet import UNet
 from params import Params, ParamsError
 
-# (channels, native image size) of each dataset's files; synthetic: data.synthetic
-NATIVE_SHAPE = {"mnist5k": (1, 28), "fashion_mnist": (1, 28), "cifar10": (3, 32), "cifar100": (3, 32),
-                "imagenet100_64": (3, 64)}
+# channels and native image size of each dataset's files (synthetic: data.synthetic's)
+CHANNELS = {"mnist5k": 1, "fashion_mnist": 1, "cifar10": 3, "cifar100": 3, "imagenet100_64": 3}
+NATIVE_SIZE = {"mnist5k": 28, "fashion_mnist": 28, "cifar10": 32, "cifar100": 32, "imagenet100_64": 64}
 
 
-def data_shape(p: Params) -> tuple[int, int]:
-    """(channels, image size) of the images the stages train on, as `stages.common.Context.data`
+def network_shapes(p: Params) -> tuple[int, int, int]:
+    """(image size, channels, classes) of the images the stages train on, as `stages.common.Context.data`
     loads them: data.image_size when set, else the dataset's own; synthetic images are generated at
     data.synthetic's size."""
     d = p.data
-    if d.dataset == "synthetic":
-        return d.synthetic.channels, d.synthetic.image_size
-    channels, native = NATIVE_SHAPE[d.dataset]
-    return channels, d.image_size or native
+    size = d.synthetic.image_size if d.dataset == "synthetic" else d.image_size or NATIVE_SIZE[d.dataset]
+    ch = d.synthetic.channels if d.dataset == "synthetic" else CHANNELS[d.dataset]
+    return size, ch, p.num_classes
 
 
-def unet(p: Params, channels: int, size: int) -> UNet:
-    return UNet(image_size=size, in_channels=channels, out_channels=channels, num_classes=p.num_classes,
-                **p.diffusion.unet.model_dump())
+def build_unet(p: Params) -> UNet:
+    """The run's diffusion UNet, freshly initialised, built from its params alone (no data needed)."""
+    size, ch, k = network_shapes(p)
+    return UNet(image_size=size, in_channels=ch, out_channels=ch, num_classes=k, **p.diffusion.unet.model_dump())
 
 
 def check_constructs(p: Params, source: str = "params") -> None:
@@ -63,7 +63,7 @@ def check_constructs(p: Params, source: str = "params") -> None:
             refuse("data.root", f"{d.root} does not exist")
         if root.is_file() and not (d.dataset == "mnist5k" and root.name.endswith(".csv.gz")):
             refuse("data.root", f"{d.root} is a file; the {d.dataset} loader reads a folder")
-    channels, size = data_shape(p)
+    size, channels, _ = network_shapes(p)
     uses_diffusion = METHODS[p.run.method].uses_diffusion
     with torch.device("meta"):
         x = torch.zeros(2, channels, size, size)
@@ -76,7 +76,7 @@ def check_constructs(p: Params, source: str = "params") -> None:
                        f"{', '.join(map(str, missing))}: not a resolution this UNet reaches at image size {size} "
                        f"(it reaches {', '.join(map(str, sorted(reached, reverse=True)))})")
             try:  # the constructor checks the sizes, heads and widths against each other
-                unet(p, channels, size)
+                build_unet(p)
             except ValueError as err:
                 refuse("diffusion.unet", f"no UNet for {channels}x{size}x{size} images with these settings: "
                        f"{' '.join(str(err).split())}")
@@ -91,8 +91,7 @@ def check_constructs(p: Params, source: str = "params") -> None:
         if not bool(torch.isfinite(schedule.betas).all()) or not 0 < float(schedule.betas.min()) <= float(schedule.betas.max()) <= 1:
             refuse("diffusion.num_timesteps", f"the {p.diffusion.schedule} schedule over {p.diffusion.num_timesteps} "
                    f"steps has a β outside (0, 1]")
-        for field, spec in (("diffusion.train_respacing", p.diffusion.train_respacing),
-                            ("rehearsal.respacing", p.rehearsal.respacing), ("replay.respacing", p.replay.respacing)):
+        for spec in (p.diffusion.train_respacing, p.rehearsal.respacing, p.replay.respacing):
             schedule.respace(spec)  # the schema has checked the timesteps; this builds the chain's β
     # every task's classifier batch: B//(t+1) real images and t times as many replayed (the reference's
     # split); below t+1 images there would be none of either

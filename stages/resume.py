@@ -107,6 +107,11 @@ class Resume:
         self._stale = [p for p in Path(folder).glob(f"{name}-*") if p.with_suffix("") != self.path.with_suffix("")
                        and (p.suffix == ".pt" or p.is_dir())] if Path(folder).is_dir() else []
 
+    def _remove_stale(self) -> None:
+        if self.main:
+            for p in self._stale:
+                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
     def due(self, step: int, last: int) -> bool:
         """Whether to write a state after `step` (never after the last step: the output follows)."""
         return self.path is not None and step % self.every == 0 and step < last
@@ -116,9 +121,7 @@ class Resume:
         reported in one line, removed). States of this stage with other inputs are removed."""
         if self.path is None:
             return None
-        if self.main:
-            for p in self._stale:
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        self._remove_stale()
         if not self.path.exists():
             return None
         try:
@@ -154,9 +157,7 @@ class Resume:
         off, no dvc.yaml entry, or several processes). Stale folders of this stage are removed."""
         if self.path is None or world_size > 1:
             return None
-        if self.main:
-            for p in self._stale:
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        self._remove_stale()
         return Batches(self.path.with_suffix("") / part, streams)
 
 
