@@ -193,6 +193,9 @@ class Guidance(Group):
 
 class Classifier(Group):
     arch: Literal[CLASSIFIER_ARCHS] = "small_cnn"
+    # channels of the first stage (resnet18: 64, 128, 256, 512 at 64; small_cnn: 32, 64, 128 at 32);
+    # None = the architecture's own (resnet18: 64, as the reference). Smaller only for CPU miniatures.
+    width: int | None = Field(None, gt=0)
     steps_first: PositiveInt = 400
     steps_later: PositiveInt = 400
     lr_first: float = Field(0.1, gt=0)

@@ -158,7 +158,7 @@ def calibrate(p: Params, shapes: set[tuple[int, int, bool]], repeats: int = 3) -
     out["diffusion_step"] = median_time(train, repeats)
 
     unet.eval().requires_grad_(False)
-    cls = build_classifier(p.classifier.arch, k, ch, size).eval().requires_grad_(False)
+    cls = build_classifier(p.classifier.arch, k, ch, size, p.classifier.width).eval().requires_grad_(False)
     out["sample_step"] = {}
     for n, _, guided in sorted(shapes):
         xs, ys = torch.randn(n, ch, size, size), torch.randint(0, max(1, k - 1), (n,))
@@ -176,7 +176,8 @@ def calibrate(p: Params, shapes: set[tuple[int, int, bool]], repeats: int = 3) -
             opt_.step()
         return step
     for name, batch in (("classifier_step", p.classifier.batch_size), ("oracle_step", p.oracle.batch_size)):
-        model = build_classifier(p.classifier.arch if name == "classifier_step" else "small_cnn", k, ch, size).train()
+        model = build_classifier(*((p.classifier.arch, k, ch, size, p.classifier.width) if name == "classifier_step"
+                                   else ("small_cnn", k, ch, size))).train()
         out[name] = median_time(cls_step(model, batch, torch.optim.SGD(model.parameters(), lr=0.01)), repeats * 2)
     out["stage_start"] = stage_start_seconds()
     return out
@@ -224,7 +225,7 @@ def unit_costs(p: Params, shapes: set[tuple[int, int, bool]]) -> dict:
     gen = torch.Generator().manual_seed(0)
     unet = build_unet(p)
     schedule = NoiseSchedule.make(p.diffusion.schedule, p.diffusion.num_timesteps)
-    cls = build_classifier(p.classifier.arch, k, ch, size)
+    cls = build_classifier(p.classifier.arch, k, ch, size, p.classifier.width)
     oracle = build_classifier("small_cnn", k, ch, size)
     x, y = torch.randn(n, ch, size, size), torch.randint(0, k, (n,))
     out: dict = {"weights": {name: 4 * sum(q.numel() for q in m.parameters())

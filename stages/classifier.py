@@ -28,7 +28,7 @@ def reads(p: Params, task: int, round: int | None = None) -> tuple[str, ...]:
     """The params keys (or groups) this stage reads: the graph declares them to DVC. In `online`
     mode a classifier of task t ≥ 1 with generated replay draws that replay itself."""
     which = ("steps_first", "lr_first") if task == 0 else ("steps_later", "lr_later", "interval")
-    keys = (SEED, "run.method", "data", *(f"classifier.{k}" for k in (*which, "arch", "batch_size", "momentum",
+    keys = (SEED, "run.method", "data", *(f"classifier.{k}" for k in (*which, "arch", "width", "batch_size", "momentum",
                                                                         "weight_decay", "augmentation")))
     method = METHODS[p.run.method]
     if task > 0 and method.uses_diffusion and p.guidance.mode == "online":

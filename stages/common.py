@@ -118,7 +118,7 @@ class Context:
 
     def new_classifier(self) -> torch.nn.Module:
         return build_classifier(self.params.classifier.arch, self.data.num_classes, self.data.channels,
-                                self.data.image_size).to(self.device)
+                                self.data.image_size, self.params.classifier.width).to(self.device)
 
     def resume(self):
         """This stage's resume state (stages/resume.py), every `run.resume_every` steps."""

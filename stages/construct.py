@@ -81,7 +81,7 @@ def check_constructs(p: Params, source: str = "params") -> None:
                 refuse("diffusion.unet", f"no UNet for {channels}x{size}x{size} images with these settings: "
                        f"{' '.join(str(err).split())}")
         try:
-            logits = build_classifier(p.classifier.arch, p.num_classes, channels, size)(x)
+            logits = build_classifier(p.classifier.arch, p.num_classes, channels, size, p.classifier.width)(x)
         except (ValueError, RuntimeError) as err:
             refuse("classifier.arch", f"no {p.classifier.arch} for {channels}x{size}x{size} images: "
                    f"{' '.join(str(err).split())}")

@@ -15,7 +15,7 @@ from stages.common import SEED, Context, log, run_stage
 
 def reads(p: Params, task: int, round: int | None = None) -> tuple[str, ...]:
     """The params keys (or groups) this stage reads: the graph declares them to DVC."""
-    return (SEED, "data", "classifier.arch", "evaluate.batch_size")
+    return (SEED, "data", "classifier.arch", "classifier.width", "evaluate.batch_size")
 
 
 def run(ctx: Context) -> None:

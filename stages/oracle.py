@@ -19,7 +19,7 @@ from stages.common import SEED, Context, Curve, progress, run_stage
 
 def reads(p: Params, task: int | None = None, round: int | None = None) -> tuple[str, ...]:
     """The params keys (or groups) this stage reads: the graph declares them to DVC."""
-    return (SEED, "data", "classifier.arch", "classifier.momentum", "classifier.weight_decay",
+    return (SEED, "data", "classifier.arch", "classifier.width", "classifier.momentum", "classifier.weight_decay",
             "classifier.augmentation", "oracle")
 
 

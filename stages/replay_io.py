@@ -12,7 +12,7 @@ from stages import paths, plots
 from stages.common import SEED, UNET, Context, log_image
 
 # what drawing replay reads (open_replay, layout, manifest); drawing the grid adds GRID_READS
-READS = (SEED, "run.method", "data", *UNET, "replay", "guidance", "classifier.arch", "classifier.batch_size",
+READS = (SEED, "run.method", "data", *UNET, "replay", "guidance", "classifier.arch", "classifier.width", "classifier.batch_size",
          "classifier.interval", "classifier.steps_later")
 GRID_READS = ("evaluate.grid_images",)
 

@@ -12,10 +12,11 @@ from params import dump_params, preset
 from pipeline.miniature import PAPER, TEST_PER_CLASS, TRAIN_PER_CLASS, WRITERS, shrink
 from stages.construct import check_constructs
 
-# what a miniature may change: step counts, sample counts, batch sizes, the UNet's width (and where
-# the data is, and the CPU)
+# what a miniature may change: step counts (T and the length of a respaced chain too), sample counts,
+# batch sizes, the networks' widths (and where the data is, and the CPU)
 MAY_CHANGE = {"diffusion.steps_first", "diffusion.steps_later", "diffusion.num_timesteps", "diffusion.batch_size",
-              "diffusion.unet.model_channels", "rehearsal.per_task", "rehearsal.batch_size", "replay.batch_size",
+              "diffusion.train_respacing", "rehearsal.respacing", "replay.respacing",
+              "diffusion.unet.model_channels", "classifier.width", "rehearsal.per_task", "rehearsal.batch_size", "replay.batch_size",
               "classifier.steps_first", "classifier.steps_later", "classifier.batch_size", "oracle.steps",
               "oracle.batch_size", "evaluate.batch_size", "evaluate.grid_images", "data.root", "run.device"}
 
@@ -37,6 +38,8 @@ def test_a_miniature_changes_only_sizes_and_builds_in_every_stage(name, tmp_path
     changed = {k for k in full if full[k] != small[k]}
     assert changed <= MAY_CHANGE, changed - MAY_CHANGE
     assert {"diffusion.steps_first", "classifier.steps_first"} <= changed
+    for key in ("diffusion.train_respacing", "rehearsal.respacing", "replay.respacing"):  # the kind of chain kept
+        assert bool(full[key]) == bool(small[key]) and full[key].rstrip("0123456789") == small[key].rstrip("0123456789")
     check_constructs(mini, name)  # what every stage builds
 
 

@@ -219,6 +219,8 @@ MAPPING: dict[str, tuple[tuple[str, ...], Get]] = {
     "guidance.scale_max": (("c.classifier_scale_max_new",), lambda d, c: c["classifier_scale_max_new"]),
     "guidance.clip_x0": (("c.clip_denoised", "d.clip_denoised"), lambda d, c: c["clip_denoised"]),
     "classifier.arch": (("c.depth",), lambda d, c: f"resnet{c['depth']}"),
+    # the reference's ResNet has 64 channels in its first stage; ours: None, the architecture's own (64)
+    "classifier.width": ((), lambda d, c: None),
     "classifier.steps_first": (("c.disjoint_classifier_init_num_steps",),
                                lambda d, c: c["disjoint_classifier_init_num_steps"]),
     "classifier.steps_later": (("c.disjoint_classifier_num_steps",), lambda d, c: c["disjoint_classifier_num_steps"]),

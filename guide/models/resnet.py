@@ -48,22 +48,23 @@ class PreActBlock(nn.Module):
 
 
 class PreActResNet18(nn.Module):
-    """Pre-activation ResNet-18 for small images (3x3 stride-1 stem, stages [2,2,2,2], widths 64..512)."""
+    """Pre-activation ResNet-18 for small images (3x3 stride-1 stem, stages [2,2,2,2], widths 64..512;
+    `width` scales them: width, 2·width, 4·width, 8·width)."""
 
-    stage_widths = (64, 128, 256, 512)
     stage_blocks = (2, 2, 2, 2)
 
-    def __init__(self, num_classes: int, in_channels: int = 3):
+    def __init__(self, num_classes: int, in_channels: int = 3, width: int = 64):
         super().__init__()
         self.num_classes = num_classes
+        self.stage_widths = tuple(width * m for m in (1, 2, 4, 8))
         self.stem = PreActConv(in_channels, self.stage_widths[0], 3)  # BN on the raw input, as in the reference
         stages = []
         ch = self.stage_widths[0]
-        for i, (width, n) in enumerate(zip(self.stage_widths, self.stage_blocks)):
-            blocks = [PreActBlock(ch, width, stride=1 if i == 0 else 2)]
-            blocks += [PreActBlock(width, width) for _ in range(n - 1)]
+        for i, (w, n) in enumerate(zip(self.stage_widths, self.stage_blocks)):
+            blocks = [PreActBlock(ch, w, stride=1 if i == 0 else 2)]
+            blocks += [PreActBlock(w, w) for _ in range(n - 1)]
             stages.append(nn.Sequential(*blocks))
-            ch = width
+            ch = w
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)  # any input size (28, 32, 64, ...)
         self.head = nn.Sequential(
@@ -88,9 +89,9 @@ class PreActResNet18(nn.Module):
         return self.head(self.features(x))
 
 
-def resnet18(num_classes: int, in_channels: int = 3) -> PreActResNet18:
-    """The GUIDE reference classifier (pre-activation ResNet-18)."""
-    return PreActResNet18(num_classes, in_channels)
+def resnet18(num_classes: int, in_channels: int = 3, width: int = 64) -> PreActResNet18:
+    """The GUIDE reference classifier (pre-activation ResNet-18; the reference's width is 64)."""
+    return PreActResNet18(num_classes, in_channels, width)
 
 
 class SmallCNN(nn.Module):
