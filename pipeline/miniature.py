@@ -1,8 +1,8 @@
 """A paper preset end to end in miniature, before spending GPU-hours on it: a few images per class
 written in the dataset's real on-disk layout (CIFAR's pickled batches, the ImageNet100-64 ImageFolder
 tree of PNG files, Fashion-MNIST's IDX files), the preset unchanged but for step counts (training
-steps and T, the fewest its respacings allow), sample counts, batch sizes and the UNet's width, and
-every stage of its graph run in one process (`pipeline.inprocess`): the real loaders, its UNet
+steps, T and the length of each respaced chain), sample counts, batch sizes and the networks' channel
+widths (UNet and classifier), and every stage of its graph run in one process (`pipeline.inprocess`): the real loaders, its UNet
 settings (attention, conditioning, scale-shift norm, up/down-sampling blocks), its classifier, its
 samplers and respacings, its guidance mode and scales.
 
@@ -94,23 +94,20 @@ WRITERS = {"cifar10": (write_cifar10, ""), "cifar100": (write_cifar100, ""),
 
 
 # --- the preset, shrunk --------------------------------------------------------------------------------
-def fewest_timesteps(p) -> int:
-    """The smallest T among 100, 250, 1000 at which every respacing of `p` samples."""
-    from guide.diffusion import respaced_timesteps
+MINI_T, MINI_STEPS = 20, 4  # the miniature's T, and how many steps a respaced chain ("ddimN") keeps
 
-    for T in (100, 250, 1000):
-        try:
-            for spec in (p.diffusion.train_respacing, p.rehearsal.respacing, p.replay.respacing):
-                respaced_timesteps(T, spec)
-            return T
-        except ValueError:
-            continue
-    return p.diffusion.num_timesteps
+
+def shrunk_respacing(spec: str) -> str:
+    """A respacing of the same kind with fewer steps: "ddimN" → "ddim4" (the DDIM stride over T = 20);
+    "" (every step) stays "", now 20 steps."""
+    return f"ddim{MINI_STEPS}" if spec else spec
 
 
 def shrink(name: str, data_root: Path) -> dict:
-    """The overrides that make preset `name` a miniature: step counts, sample counts, batch sizes and
-    the UNet's width (the smallest that keeps its heads and its 1-hot class embedding), nothing else."""
+    """The overrides that make preset `name` a miniature: step counts (training steps; T and the
+    number of steps of each respaced chain, the sampler and the kind of respacing kept), sample
+    counts, batch sizes and the networks' widths (the UNet's the smallest that keeps its heads and its
+    1-hot class embedding; the classifier's first stage 8 channels), nothing else."""
     from params import preset
 
     p = preset(name)
@@ -121,11 +118,12 @@ def shrink(name: str, data_root: Path) -> dict:
         width += 16
     tasks = p.data.num_tasks
     over = {
-        "diffusion": {"steps_first": 2, "steps_later": 2, "batch_size": 4, "num_timesteps": fewest_timesteps(p),
+        "diffusion": {"steps_first": 2, "steps_later": 2, "batch_size": 4, "num_timesteps": MINI_T,
+                      "train_respacing": shrunk_respacing(p.diffusion.train_respacing),
                       "unet": {"model_channels": width}},
-        "rehearsal": {"per_task": 2, "batch_size": 2},
-        "replay": {"batch_size": 4},
-        "classifier": {"steps_first": 2, "steps_later": 2 * p.replay.rounds, "batch_size": max(4, tasks)},
+        "rehearsal": {"per_task": 2, "batch_size": 2, "respacing": shrunk_respacing(p.rehearsal.respacing)},
+        "replay": {"batch_size": 4, "respacing": shrunk_respacing(p.replay.respacing)},
+        "classifier": {"steps_first": 2, "steps_later": 2 * p.replay.rounds, "batch_size": max(4, tasks), "width": 8},
         "oracle": {"steps": 2, "batch_size": 8},
         "evaluate": {"batch_size": 64, "grid_images": 2},
         "run": {"device": "cpu"},
