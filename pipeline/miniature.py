@@ -27,7 +27,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
+from PIL import Image
 
+ROOT = Path(__file__).resolve().parents[1]  # the project, where the code files a stage depends on are
+CODE = {"guide", "params", "stages", "pipeline"}
 PAPER = ("cifar10_2", "cifar10_5", "cifar100_5", "cifar100_10", "imagenet100_64_5", "fashion_mnist5")
 TRAIN_PER_CLASS, TEST_PER_CLASS = 4, 2
 
@@ -94,12 +98,14 @@ WRITERS = {"cifar10": (write_cifar10, ""), "cifar100": (write_cifar100, ""),
 
 
 # --- the preset, shrunk --------------------------------------------------------------------------------
-MINI_T, MINI_STEPS = 20, 4  # the miniature's T, and how many steps a respaced chain ("ddimN") keeps
+# the miniature's T (below 10 the reference's linear schedule runs from 100/T·0.01 to 100/T·0.02, here
+# 0.125 to 0.25; from 10 to 20 its last β would reach 1) and the steps a respaced chain ("ddimN") keeps
+MINI_T, MINI_STEPS = 8, 2
 
 
 def shrunk_respacing(spec: str) -> str:
-    """A respacing of the same kind with fewer steps: "ddimN" → "ddim4" (the DDIM stride over T = 20);
-    "" (every step) stays "", now 20 steps."""
+    """A respacing of the same kind with fewer steps: "ddimN" → "ddim2" (the DDIM stride over T = 8);
+    "" (every step) stays "", now 8 steps."""
     return f"ddim{MINI_STEPS}" if spec else spec
 
 
@@ -118,20 +124,43 @@ def shrink(name: str, data_root: Path) -> dict:
         width += 16
     tasks = p.data.num_tasks
     over = {
-        "diffusion": {"steps_first": 2, "steps_later": 2, "batch_size": 4, "num_timesteps": MINI_T,
+        "diffusion": {"steps_first": 1, "steps_later": 1, "batch_size": 2, "num_timesteps": MINI_T,
                       "train_respacing": shrunk_respacing(p.diffusion.train_respacing),
                       "unet": {"model_channels": width}},
-        "rehearsal": {"per_task": 2, "batch_size": 2, "respacing": shrunk_respacing(p.rehearsal.respacing)},
-        "replay": {"batch_size": 4, "respacing": shrunk_respacing(p.replay.respacing)},
-        "classifier": {"steps_first": 2, "steps_later": 2 * p.replay.rounds, "batch_size": max(4, tasks), "width": 8},
+        # one image per old task, drawn in one batch
+        "rehearsal": {"per_task": 1, "batch_size": tasks, "respacing": shrunk_respacing(p.rehearsal.respacing)},
+        # the fewest images a classifier batch splits into real and replayed for every task, replay in one batch
+        "replay": {"batch_size": tasks, "respacing": shrunk_respacing(p.replay.respacing)},
+        "classifier": {"steps_first": 2, "steps_later": 2 * p.replay.rounds, "batch_size": tasks, "width": 8},
         "oracle": {"steps": 2, "batch_size": 8},
-        "evaluate": {"batch_size": 64, "grid_images": 2},
+        "evaluate": {"batch_size": 64, "grid_images": 1},
         "run": {"device": "cpu"},
     }
     if p.data.dataset in WRITERS:
         sub = WRITERS[p.data.dataset][1]
         over["data"] = {"root": str(data_root / sub if sub else data_root)}
     return over
+
+
+def graph_problems(p, raw: dict) -> list[str]:
+    """After a run, in its folder: what `dvc repro` of the rendered graph would refuse (a declared
+    dependency or output that is not there, a declared params key params.yaml lacks), one line each."""
+    from pipeline.graph import build_graph
+
+    problems = []
+    for st in build_graph(p):
+        problems += [f"stage {st.name}: declared {what} {path} is missing"
+                     for what, paths in (("dependency", st.deps), ("output", st.outputs)) for path in paths
+                     if not (Path(path).exists() or what == "dependency" and path.split("/")[0] in CODE
+                             and (ROOT / path).is_file())]
+        for key in st.params:
+            node = raw
+            for part in key.split("."):
+                if not isinstance(node, dict) or part not in node:
+                    problems.append(f"stage {st.name}: declared params key {key} is not in params.yaml")
+                    break
+                node = node[part]
+    return problems
 
 
 def run_preset(name: str, workdir: Path) -> dict:
@@ -156,6 +185,11 @@ def run_preset(name: str, workdir: Path) -> dict:
         stages = run_all("params.yaml")
         p = load_params("params.yaml")
     seconds = time.perf_counter() - started
+    with contextlib.chdir(folder):  # what `dvc repro` of this graph would check: declared files and params keys
+        problems = graph_problems(p, yaml.safe_load(Path("params.yaml").read_text()))
+    if problems:
+        raise RuntimeError(f"{name}: {problems[0]} (and {len(problems) - 1} more)" if len(problems) > 1
+                           else f"{name}: {problems[0]}")
     summary = json.loads((folder / "metrics/summary.json").read_text())
     T = p.data.num_tasks
     matrix = summary["accuracy_matrix"]
@@ -169,6 +203,16 @@ def run_preset(name: str, workdir: Path) -> dict:
                if not (folder / f).is_file()] if p.generated_replay else []
     if missing:
         raise RuntimeError(f"{name}: missing {', '.join(missing)}")
+    for t in range(1, T) if p.generated_replay else ():
+        replay = json.loads((folder / f"metrics/replay/task{t}.json").read_text())
+        for twin in ("guided", "unguided"):
+            bad = {k: v for k, v in replay[twin].items() if not (isinstance(v, float | int) and 0 <= v <= 1)}
+            if bad or not replay["count"] > 0:
+                raise RuntimeError(f"{name}: metrics/replay/task{t}.json: {twin} {bad or 'count 0'}")
+        with Image.open(folder / f"plots/replay/task{t}.png") as grid:
+            grid.load()  # decodes whole
+            if min(grid.size) < 8:
+                raise RuntimeError(f"{name}: plots/replay/task{t}.png is {grid.size[0]}×{grid.size[1]}")
     return {"preset": name, "stages": len(stages), "seconds": seconds, "final": summary["final_average_accuracy"],
             "changed": over}
 

@@ -91,6 +91,10 @@ def check_constructs(p: Params, source: str = "params") -> None:
         if not bool(torch.isfinite(schedule.betas).all()) or not 0 < float(schedule.betas.min()) <= float(schedule.betas.max()) <= 1:
             refuse("diffusion.num_timesteps", f"the {p.diffusion.schedule} schedule over {p.diffusion.num_timesteps} "
                    f"steps has a β outside (0, 1]")
+        if float(schedule.alphas_cumprod[-1]) <= 0:  # the linear schedule at T = 20: β_T = 1
+            refuse("diffusion.num_timesteps", f"the {p.diffusion.schedule} schedule over {p.diffusion.num_timesteps} "
+                   f"steps ends at ᾱ_T = 0 (a β of 1), so sampling divides by √ᾱ_T and every sample is NaN "
+                   f"(the reference's too); choose another number of steps")
         for spec in (p.diffusion.train_respacing, p.rehearsal.respacing, p.replay.respacing):
             schedule.respace(spec)  # the schema has checked the timesteps; this builds the chain's β
     # every task's classifier batch: B//(t+1) real images and t times as many replayed (the reference's

@@ -71,6 +71,7 @@ def smoke() -> dict:
     ("data.synthetic.num_classes", 80, "diffusion.unet"),  # wider than the 1-hot time embedding
     ("classifier.batch_size", 1, "classifier.batch_size"),  # B//(t+1) = 0: no real images, no replay
     ("run.devices", 3, "classifier.batch_size"),  # a global batch 3 processes cannot share
+    ("diffusion.num_timesteps", 20, "diffusion.num_timesteps"),  # linear at T = 20: β_T = 1, ᾱ_T = 0, NaN samples
 ])
 def test_check_refuses_what_a_stage_would_refuse_later(tmp_path, capsys, key, value, named):
     raw = with_value(smoke(), key, value)

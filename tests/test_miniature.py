@@ -1,6 +1,6 @@
-"""pipeline.miniature: its data is what the real loaders read, and its presets differ from the paper
-presets only in what a miniature may change (the whole runs are `python -m pipeline.miniature --all`:
-minutes of CPU, not part of the suite)."""
+"""pipeline.miniature: its data is what the real loaders read, its presets differ from the paper
+presets only in what a miniature may change, and all six run end to end (`python -m pipeline.miniature
+--all` does the same outside the suite)."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,9 @@ import yaml
 
 from guide.data import load_dataset
 from params import dump_params, preset
-from pipeline.miniature import PAPER, TEST_PER_CLASS, TRAIN_PER_CLASS, WRITERS, shrink
+from params import load_params
+from pipeline.graph import build_graph
+from pipeline.miniature import PAPER, TEST_PER_CLASS, TRAIN_PER_CLASS, WRITERS, graph_problems, run_preset, shrink
 from stages.construct import check_constructs
 
 # what a miniature may change: step counts (T and the length of a respaced chain too), sample counts,
@@ -55,3 +57,28 @@ def test_the_miniature_data_is_what_the_real_loaders_read(dataset, tmp_path):
     per_class = 5 * 1 if dataset == "cifar10" else TRAIN_PER_CLASS  # cifar10: one image a class in each of 5 batches
     assert ds.train_y.bincount().tolist() == [per_class] * n
     assert ds.test_y.bincount().tolist() == [TEST_PER_CLASS] * n
+
+
+@pytest.mark.slow
+def test_every_paper_preset_runs_end_to_end_in_miniature(tmp_path, monkeypatch):
+    """The five paper presets and fashion_mnist5, one after another in this process: their data in
+    the real on-disk layouts, every stage of each graph (run_preset raises naming the preset when the
+    accuracy matrix, a replay measurement or a replay grid is missing or malformed, or when a file or
+    params key the rendered dvc.yaml declares is not there)."""
+    kinds = {"check_graph", "oracle", "diffusion", "rehearsal", "classifier", "evaluate", "report"}
+    for name in PAPER:
+        r = run_preset(name, tmp_path)
+        p = load_params(tmp_path / name / "params.yaml")
+        graph = build_graph(p)
+        assert r["stages"] == len(graph) and {st.kind for st in graph} == kinds, (name, r)
+        assert (p.guidance.mode, p.classifier.arch) == (preset(name).guidance.mode, preset(name).classifier.arch)
+    # the declared-files check sees a missing output and a params key DVC would not find
+    folder = tmp_path / "cifar10_2"
+    (folder / "metrics/replay/task1.json").unlink()
+    raw = yaml.safe_load((folder / "params.yaml").read_text())
+    del raw["classifier"]["width"]
+    monkeypatch.chdir(folder)
+    problems = graph_problems(load_params("params.yaml"), raw)
+    assert "stage classifier-t1: declared output metrics/replay/task1.json is missing" in problems
+    assert "stage report: declared dependency metrics/replay/task1.json is missing" in problems
+    assert "stage classifier-t1: declared params key classifier.width is not in params.yaml" in problems
