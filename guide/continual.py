@@ -99,7 +99,7 @@ def train_diffusion(model: nn.Module, ema: EMA, schedule: NoiseSchedule, x: Tens
     if resume_from is not None:
         start, losses = resume_from["step"], list(resume_from["losses"])
         opt.load_state_dict(resume_from["optimizer"])
-        restore_streams(resume_from, generator, batches)
+        restore_streams(resume_from, generator, batches, world)
     for step in range(start, steps):
         idx = batches.next()
         xb, yb = x[idx], y[idx]
@@ -118,25 +118,35 @@ def train_diffusion(model: nn.Module, ema: EMA, schedule: NoiseSchedule, x: Tens
             on_terms(step + 1, *terms[0])
         if save is not None and save_every and (step + 1) % save_every == 0 and step + 1 < steps:
             save({"step": step + 1, "losses": list(losses), "optimizer": opt.state_dict(),
-                  **stream_state(generator, batches)})
+                  **stream_state(generator, batches, world)})
     return losses
 
 
-def stream_state(generator: torch.Generator, batches: EpochBatches) -> dict:
-    """Every random stream a training loop draws from, and where its data order stands."""
+def stream_state(generator: torch.Generator, batches: EpochBatches, world: World = World()) -> dict:
+    """Every random stream a training loop draws from, and where its data order stands. The global
+    streams (torch's, CUDA's: dropout, augmentation) differ per rank: with several ranks every rank's
+    are gathered (a collective: every rank calls this at the same step), so rank 0's state holds all."""
     state = {"generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
              "batches": (batches.order.clone(), batches.pos)}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    if world.size > 1:
+        mine = {"torch_rng": state["torch_rng"], **({"cuda_rng": state["cuda_rng"]} if "cuda_rng" in state else {})}
+        state["ranks"] = world.gather({world.rank: mine})
     return state
 
 
-def restore_streams(state: dict, generator: torch.Generator, batches: EpochBatches) -> None:
+def restore_streams(state: dict, generator: torch.Generator, batches: EpochBatches, world: World = World()) -> None:
+    """Back to `state` (stream_state's); each rank takes its own global streams. ValueError when the
+    state was written by another number of ranks."""
+    ranks = state.get("ranks", {0: state})
+    if sorted(ranks) != list(range(world.size)):
+        raise ValueError(f"a resume state of {len(ranks)} rank(s) cannot resume {world.size}")
     generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch_rng"])
+    torch.set_rng_state(ranks[world.rank]["torch_rng"])
     batches.order, batches.pos = state["batches"]
-    if "cuda_rng" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    if "cuda_rng" in ranks[world.rank] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ranks[world.rank]["cuda_rng"])
 
 
 def generate(model: nn.Module, schedule: NoiseSchedule, labels: Tensor, *, batch_size: int,
@@ -244,7 +254,7 @@ def train_classifier(classifier: nn.Module, optimizer: torch.optim.Optimizer, re
     if resume_from is not None:
         steps, losses = range(resume_from["step"], steps.stop), list(resume_from["losses"])
         optimizer.load_state_dict(resume_from["optimizer"])
-        restore_streams(resume_from, generator, batches)
+        restore_streams(resume_from, generator, batches, world)
     for step in steps:
         for group in optimizer.param_groups:
             group["lr"] = (linear_lr(lr, step, total_steps) if epoch_steps is None
@@ -271,7 +281,7 @@ def train_classifier(classifier: nn.Module, optimizer: torch.optim.Optimizer, re
             on_batch(step + 1, hits, optimizer.param_groups[0]["lr"])
         if save is not None and save_every and (step + 1) % save_every == 0 and step + 1 < steps.stop:
             save({"step": step + 1, "losses": list(losses), "optimizer": optimizer.state_dict(),
-                  **stream_state(generator, batches)})
+                  **stream_state(generator, batches, world)})
     return losses
 
 

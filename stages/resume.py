@@ -9,7 +9,8 @@ declares and the content of every dependency `dvc.yaml` lists for it (its code i
 with the same inputs finds the state, any change of input finds none (and the stage's stale states
 are removed). A state that does not load (truncated, corrupt, another version) is reported in one
 line and removed, and the stage starts fresh. The state is removed when the stage succeeds.
-Under torchrun, rank 0 writes and every rank reads.
+Under torchrun, rank 0 writes and every rank reads: the state holds every rank's global random
+streams (gathered when it is written), and each rank resumes its own.
 
 The sampling stages (rehearsal; replay in rounds mode) resume by finished batch instead: each batch's
 images are written, when it is done, to a file of their own under `.resume/STAGE-KEY/` with the

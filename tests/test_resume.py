@@ -1,5 +1,6 @@
 """Resume states (stages/resume.py): a training stage SIGKILLed part-way continues from its latest
 state when rerun with the same inputs, and its output is byte-identical to an uninterrupted run's."""
+import contextlib
 import importlib
 import os
 import shutil
@@ -58,13 +59,39 @@ def run_here(capsys, path: Path, module: str, *args: str) -> str:
     return err
 
 
-def kill_after_a_state(proc: subprocess.Popen, folder: Path, timeout: float = 120) -> Path:
-    """SIGKILL the stage as soon as it has written a resume state; returns the state's path."""
+def torchrun(path: Path, processes: int, *args: str) -> subprocess.Popen:
+    """A stage on `processes` gloo ranks, one thread each."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             f"--nproc-per-node={processes}", "-m", *args], cwd=path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def tree(pid: int) -> list[int]:
+    """`pid` and every process below it (the elastic launcher starts its ranks in sessions of their
+    own, so a process group does not hold them)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        out.append(todo.pop())
+        todo += children.get(out[-1], [])
+    return out
+
+
+def kill_after_a_state(proc: subprocess.Popen, folder: Path, timeout: float = 120, group: bool = False) -> Path:
+    """SIGKILL the stage (`group`: it and every process below it, a launcher and its ranks) as soon as it has
+    written a resume state; returns the state's path."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         found = list((folder / ".resume").glob("*.pt")) if (folder / ".resume").is_dir() else []
         if found:
-            proc.send_signal(signal.SIGKILL)
+            for pid in (tree(proc.pid) if group else [proc.pid]):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             proc.communicate()
             return found[0]
         assert proc.poll() is None, "the stage finished before writing a resume state"
@@ -124,6 +151,25 @@ def test_killed_diffusion_and_online_classifier_stages_resume_to_the_same_bytes_
         **DIFFUSION["diffusion"], "lr": 2e-3, "steps_first": 10}})))
     assert "resuming" not in run_here(capsys, cut, "stages.diffusion", "--task", "0")
     assert list((cut / ".resume").iterdir()) == []
+
+
+def test_a_killed_data_parallel_diffusion_stage_resumes_to_the_same_bytes_under_torchrun(tmp_path):
+    """Two gloo ranks with dropout: each rank's global random stream is its own (stages.common seeds
+    rank r > 0 apart), so rank 0's state carries every rank's and each rank resumes its own."""
+    over = {**DIFFUSION, "run": {"resume_every": 5, "devices": 2}, "diffusion": {"steps_first": 20, "unet": {"dropout": 0.1}}}
+    cut, whole = folder_with(tmp_path / "cut", **over), folder_with(tmp_path / "whole", **over)
+    assert "torchrun --standalone --nproc-per-node 2 -m stages.diffusion --task 0" in (cut / "dvc.yaml").read_text()
+    state = kill_after_a_state(torchrun(cut, 2, "stages.diffusion", "--task", "0"), cut, group=True)
+    ranks = torch.load(state, weights_only=False)["ranks"]
+    assert sorted(ranks) == [0, 1] and not torch.equal(ranks[0]["torch_rng"], ranks[1]["torch_rng"])
+    assert not (cut / OUTPUTS[0]).exists()
+    errs = []
+    for proc in [torchrun(f, 2, "stages.diffusion", "--task", "0") for f in (cut, whole)]:
+        errs.append(proc.communicate(timeout=300)[1])
+        assert proc.returncode == 0, errs[-1][-3000:]
+    assert f"resuming from .resume/{state.name} at step " in errs[0] and "resuming" not in errs[1]
+    for out in OUTPUTS:
+        assert (cut / out).read_bytes() == (whole / out).read_bytes(), out
 
 
 # rounds mode (a replay stage), and sampling in many small batches
