@@ -99,13 +99,13 @@ WRITERS = {"cifar10": (write_cifar10, ""), "cifar100": (write_cifar100, ""),
 
 # --- the preset, shrunk --------------------------------------------------------------------------------
 # the miniature's T (below 10 the reference's linear schedule runs from 100/T·0.01 to 100/T·0.02, here
-# 0.125 to 0.25; from 10 to 20 its last β would reach 1) and the steps a respaced chain ("ddimN") keeps
-MINI_T, MINI_STEPS = 8, 2
+# 0.25 to 0.5; from 10 to 20 its last β would reach 1) and the steps a respaced chain ("ddimN") keeps
+MINI_T, MINI_STEPS = 4, 2
 
 
 def shrunk_respacing(spec: str) -> str:
-    """A respacing of the same kind with fewer steps: "ddimN" → "ddim2" (the DDIM stride over T = 8);
-    "" (every step) stays "", now 8 steps."""
+    """A respacing of the same kind with fewer steps: "ddimN" → "ddim2" (the DDIM stride over T = 4);
+    "" (every step) stays "", now 4 steps."""
     return f"ddim{MINI_STEPS}" if spec else spec
 
 
@@ -124,7 +124,7 @@ def shrink(name: str, data_root: Path) -> dict:
         width += 16
     tasks = p.data.num_tasks
     over = {
-        "diffusion": {"steps_first": 1, "steps_later": 1, "batch_size": 2, "num_timesteps": MINI_T,
+        "diffusion": {"steps_first": 1, "steps_later": 1, "batch_size": 1, "num_timesteps": MINI_T,
                       "train_respacing": shrunk_respacing(p.diffusion.train_respacing),
                       "unet": {"model_channels": width}},
         # one image per old task, drawn in one batch
