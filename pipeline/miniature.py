@@ -112,21 +112,25 @@ def shrunk_respacing(spec: str) -> str:
 def shrink(name: str, data_root: Path) -> dict:
     """The overrides that make preset `name` a miniature: step counts (training steps; T and the
     number of steps of each respaced chain, the sampler and the kind of respacing kept), sample
-    counts, batch sizes and the networks' widths (the UNet's the smallest that keeps its heads and its
-    1-hot class embedding; the classifier's first stage 8 channels), nothing else."""
+    counts, batch sizes and the networks' widths, nothing else. The UNet's width is the smallest
+    multiple of 16 whose 1-hot class embedding (4 × width) holds every class and whose every level
+    splits into whole heads; where the preset fixes the channels per head (`num_head_channels`, 64 for
+    ImageNet100-64) those shrink too, to at most 32, so each attention level keeps the number of heads
+    a 64-channel miniature would have and costs a third as much. The classifier's first stage: 8 channels."""
     from params import preset
 
     p = preset(name)
     u = p.diffusion.unet
-    width = max(16, u.num_head_channels if u.num_head_channels > 0 else 16)
-    while 4 * width <= p.num_classes or any(width * m % (u.num_head_channels if u.num_head_channels > 0 else u.num_heads)
-                                            for m in u.channel_mult):
+    head = min(u.num_head_channels, 32) if u.num_head_channels > 0 else None
+    width = max(16, head or 16)
+    while 4 * width <= p.num_classes or any(width * m % (head or u.num_heads) for m in u.channel_mult):
         width += 16
+    unet = {"model_channels": width} | ({"num_head_channels": head} if head and head != u.num_head_channels else {})
     tasks = p.data.num_tasks
     over = {
         "diffusion": {"steps_first": 1, "steps_later": 1, "batch_size": 1, "num_timesteps": MINI_T,
                       "train_respacing": shrunk_respacing(p.diffusion.train_respacing),
-                      "unet": {"model_channels": width}},
+                      "unet": unet},
         # one image per old task, drawn in one batch
         "rehearsal": {"per_task": 1, "batch_size": tasks, "respacing": shrunk_respacing(p.rehearsal.respacing)},
         # the fewest images a classifier batch splits into real and replayed for every task, replay in one batch

@@ -18,7 +18,7 @@ from stages.construct import check_constructs
 # batch sizes, the networks' widths (and where the data is, and the CPU)
 MAY_CHANGE = {"diffusion.steps_first", "diffusion.steps_later", "diffusion.num_timesteps", "diffusion.batch_size",
               "diffusion.train_respacing", "rehearsal.respacing", "replay.respacing",
-              "diffusion.unet.model_channels", "classifier.width", "rehearsal.per_task", "rehearsal.batch_size", "replay.batch_size",
+              "diffusion.unet.model_channels", "diffusion.unet.num_head_channels", "classifier.width", "rehearsal.per_task", "rehearsal.batch_size", "replay.batch_size",
               "classifier.steps_first", "classifier.steps_later", "classifier.batch_size", "oracle.steps",
               "oracle.batch_size", "evaluate.batch_size", "evaluate.grid_images", "data.root", "run.device"}
 
