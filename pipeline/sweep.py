@@ -8,6 +8,8 @@ guidance help, and at which scale?".
     python -m pipeline.sweep run --preset mnist5k --out results/sweep/mnist5k   # what `make sweep` runs
     python -m pipeline.sweep gather --root sweep-work/mnist5k --include results/sweep/mnist5k/runs.json \
         --out results/sweep/mnist5k-more   # add new seeds or points to an earlier table
+    python -m pipeline.sweep gather --root sweep-work/fashion_mnist5 \
+        --include-compare results/compare/fashion_mnist5/runs.json --out ...   # a comparison's guide as a point
 
 With --preset, the sweep runs in a scratch repository (--workdir, default sweep-work/PRESET) that
 holds the project's tracked files and the preset's params.yaml, committed, and shares the project's
@@ -42,7 +44,7 @@ from guide.io import atomic_path, atomic_write_json, atomic_write_text
 from guide.mechanism import STATS
 from guide.metrics import HEADLINE
 from params import PRESETS, ParamsError, dump_params, load_params, preset
-from pipeline.compare import RAN, RESTORED, ROOT, _env, markdown, read_runs, scratch_repo
+from pipeline.compare import RAN, RESTORED, ROOT, _env, markdown, parse_sets, read_runs, run_params, scratch_repo
 from pipeline.stats import paired_ci, seeds_higher
 
 SCALES = (0.0, 0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 3.0)  # 0 = gr; well below and above the default; 0.5 = CIFAR-10/5
@@ -318,8 +320,66 @@ def merge_rows(gathered: list[dict], included: list[dict]) -> list[dict]:
     return sorted(gathered + included, key=row_order)
 
 
+SAME = 1e-6  # a comparison's gr and a sweep's scale 0 of one seed agree to this: the same run
+
+
+def compare_rows(paths: list[str], fixed: dict, own: list[dict]) -> list[dict]:
+    """The `guide` and `gr` runs of paired comparisons (pipeline.compare's runs.json) as sweep rows:
+    gr at scale 0, guide at its params' guidance scale. A comparison belongs only if its preset with
+    its --set pairs is the sweep's params apart from the swept keys. On a seed where the sweep has a
+    scale-0 run of its own (`own`), the comparison's gr must equal it in every accuracy and replay
+    metric (within SAME) — the sign that both trained the same diffusion model and drew replay from
+    the same noise, so the comparison's guide pairs with the sweep's scale 0 — and it is left out
+    (the sweep's own stays). ValueError naming the file, the keys or the seed otherwise."""
+    own_zero = {int(r["seed"]): r for r in own if r["scale"] == 0 and r["scale_max"] is None}
+    rows, seen = [], {}
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+            runs, name = data["runs"], data["preset"]
+            sets = parse_sets(list(data.get("set", [])), name)
+            params = run_params(name, "guide", 0, sets)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"--include-compare {path}: not a comparison's runs.json "
+                             f"({type(e).__name__}: {e})") from None
+        theirs = fixed_params(flatten(params.model_dump(mode="json")))
+        differ = sorted(k for k in set(fixed) | set(theirs) if fixed.get(k) != theirs.get(k))
+        if differ:
+            raise ValueError(f"--include-compare {path}: a comparison of other params ({', '.join(differ[:5])})")
+        scale, top = params.guidance.scale, params.guidance.scale_max
+        top = None if top is None or top == scale else top
+        for r in runs:
+            if r.get("method") not in ("guide", "gr"):
+                continue
+            seed = int(r["seed"])
+            guided = r["method"] == "guide"
+            row = {"name": f"compare {r['method']} seed {seed}", "seed": seed,
+                   "scale": scale if guided else 0.0, "scale_max": top if guided else None,
+                   **{k: r[k] for k in ACCURACY}, "ran": None, "restored": None,
+                   **{f"{view}_{k}": r[f"replay_{view}_{k}"] for view in ("guided", "unguided") for k in MECHANISM},
+                   "oracle_test_accuracy": r.get("oracle_test_accuracy")}
+            row["point"] = point_label(row["scale"], row["scale_max"])
+            row["mean_scale"] = row["scale"] if row["scale_max"] is None else (row["scale"] + row["scale_max"]) / 2
+            if (row["point"], seed) in seen:
+                raise ValueError(f"--include-compare {path}: point {row['point']} seed {seed} is already in "
+                                 f"{seen[row['point'], seed]}")
+            seen[row["point"], seed] = path
+            if not guided and seed in own_zero:
+                mine = own_zero[seed]
+                keys = [*ACCURACY, *(f"unguided_{k}" for k in MECHANISM)]
+                off = [k for k in keys if abs(float(row[k]) - float(mine[k])) > SAME]
+                if off:
+                    raise ValueError(
+                        f"--include-compare {path}: seed {seed}: its gr is not this sweep's scale 0 "
+                        f"({off[0]} {row[off[0]]:.6f} vs {mine[off[0]]:.6f}), so its guide run did not share "
+                        "this sweep's diffusion model and replay noise: leave it out, or run the point here")
+                continue
+            rows.append(row)
+    return rows
+
+
 def gather(root: Path, out: Path, rev: str, params_path: str = "params.yaml", title: str | None = None,
-           include: list[str] = ()) -> int:
+           include: list[str] = (), include_compare: list[str] = ()) -> int:
     base = load_params(root / params_path)
     base_flat = flatten(base.model_dump(mode="json"))
     title = title or f"{base.data.dataset}/{base.data.num_tasks}, guide"
@@ -333,6 +393,7 @@ def gather(root: Path, out: Path, rev: str, params_path: str = "params.yaml", ti
     logs = {e["name"]: stage_log(root, e["name"]) if e["name"] in status else None for e in exps}
     try:
         rows = merge_rows(run_rows(exps, logs), included)
+        rows = merge_rows(rows, compare_rows(list(include_compare), fixed_params(base_flat), rows))
     except ValueError as e:
         print(e, file=sys.stderr)
         return 2
@@ -345,7 +406,8 @@ def gather(root: Path, out: Path, rev: str, params_path: str = "params.yaml", ti
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "runs.json", {"title": title, "rev": rev, "runs": rows, "sharing_problems": problems,
                                           "logs_found": sum(v is not None for v in logs.values()),
-                                          "fixed_params": fixed_params(base_flat), "included": list(include)})
+                                          "fixed_params": fixed_params(base_flat), "included": list(include),
+                                          "included_compare": list(include_compare)})
     for name, frame in (("runs.csv", pd.DataFrame(rows).drop(columns=["ran", "restored"])), ("sweep.csv", table)):
         with atomic_path(out / name) as tmp:
             frame.to_csv(tmp, index=False, float_format="%.6g")
@@ -403,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--title", help="plot title (default: dataset/tasks, guide)")
     ap.add_argument("--include", nargs="+", default=[], metavar="RUNS_JSON",
                     help="earlier gathers' runs.json (a sweep of the same params): their runs join the table")
+    ap.add_argument("--include-compare", nargs="+", default=[], metavar="RUNS_JSON",
+                    help="paired comparisons' runs.json (pipeline.compare, same params): their guide runs join "
+                         "at their scale, checked against this sweep's scale 0 on every seed both hold")
     args = ap.parse_args(argv)
     root = Path(args.root).resolve()
     if args.preset:
@@ -430,7 +495,8 @@ def main(argv: list[str] | None = None) -> int:
                   + ", ".join(r["name"] or r["task"] for r in failed), file=sys.stderr)
             return 1
     if args.action in ("run", "gather"):
-        return gather(root, Path(args.out), args.rev, title=args.title, include=args.include)
+        return gather(root, Path(args.out), args.rev, title=args.title, include=args.include,
+                      include_compare=args.include_compare)
     return 0
 
 

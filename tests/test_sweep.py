@@ -12,7 +12,8 @@ import pandas as pd
 import pytest
 
 from params import dump_params, preset
-from pipeline.sweep import aggregate, load_included, merge_rows, queue_commands, select, sharing_problems
+from pipeline.sweep import (aggregate, compare_rows, fixed_params, flatten, load_included, merge_rows,
+                            queue_commands, select, sharing_problems)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,6 +91,45 @@ def test_an_include_of_another_sweep_is_refused_with_its_name(tmp_path):
     (tmp_path / "bad.json").write_text("[]")
     with pytest.raises(ValueError, match="bad.json"):
         load_included([str(tmp_path / "bad.json")], fixed, "mnist5k/5, guide")
+
+
+def _compare_json(path, runs, preset_name="mnist5k", sets=()):
+    def run(method, seed, final, mech):
+        return {"method": method, "seed": seed, "final_average_accuracy": final, "average_incremental_accuracy": final,
+                "forgetting": 1 - final, "oracle_test_accuracy": 0.9,
+                **{f"replay_{v}_{k}": mech for v in ("guided", "unguided") for k in
+                   ("oracle_label_prob", "oracle_accuracy", "current_mass", "current_pred_fraction")}}
+    path.write_text(json.dumps({"preset": preset_name, "set": list(sets), "runs": [run(*r) for r in runs]}))
+    return str(path)
+
+
+def test_a_comparisons_guide_joins_at_its_scale_only_where_its_gr_is_the_sweeps_scale_zero(tmp_path):
+    """mnist5k's guide is scale 0.1: on seed 0 the comparison's gr equals the sweep's own scale 0 (kept,
+    the comparison's dropped) and its guide pairs with it; seed 1 has no sweep run, so the comparison's
+    pair joins whole."""
+    fixed = fixed_params(flatten(preset("mnist5k", run={"method": "guide"}).model_dump(mode="json")))
+    own = [_row(0, 0.0, 0.60), _row(0, 0.5, 0.55)]
+    good = _compare_json(tmp_path / "c.json", [("guide", 0, 0.63, 0.5), ("gr", 0, 0.60, 0.5),
+                                              ("guide", 1, 0.70, 0.5), ("gr", 1, 0.68, 0.5)])
+    joined = compare_rows([good], fixed, own)
+    assert sorted((r["point"], r["seed"]) for r in joined) == [("0", 1), ("0.1", 0), ("0.1", 1)]
+    table = aggregate(merge_rows(own, joined)).set_index("point")
+    assert table.loc["0.1", "delta_final_average_accuracy"] == pytest.approx((0.03 + 0.02) / 2)
+    assert table.loc["0.1", "delta_final_average_accuracy_seeds"] == 2
+    other_gr = _compare_json(tmp_path / "d.json", [("guide", 0, 0.63, 0.5), ("gr", 0, 0.61, 0.5)])
+    with pytest.raises(ValueError, match=r"d.json: seed 0: its gr is not this sweep's scale 0 \(final_average_accuracy"):
+        compare_rows([other_gr], fixed, own)
+    other_replay = _compare_json(tmp_path / "e.json", [("gr", 0, 0.60, 0.4)])
+    with pytest.raises(ValueError, match="seed 0.*unguided_oracle_label_prob"):
+        compare_rows([other_replay], fixed, own)
+    changed = _compare_json(tmp_path / "f.json", [("gr", 1, 0.6, 0.5)], sets=["classifier.steps_first=300"])
+    with pytest.raises(ValueError, match=r"f.json: a comparison of other params \(classifier.steps_first"):
+        compare_rows([changed], fixed, own)
+    fashion = _compare_json(tmp_path / "g.json", [("gr", 1, 0.6, 0.5)], preset_name="fashion_mnist5")
+    with pytest.raises(ValueError, match=r"g.json: a comparison of other params \(data.dataset"):
+        compare_rows([fashion], fixed, own)
+    with pytest.raises(ValueError, match=r"point 0.1 seed 0"):
+        merge_rows([*own, _row(0, 0.1, 0.6)], compare_rows([good], fixed, own))
 
 
 def test_queue_commands_are_dvc_grids_over_seeds():
