@@ -35,6 +35,7 @@ import json
 import math
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -92,13 +93,25 @@ def queue_status(root: Path) -> list[dict]:
 
 
 def start_and_wait(root: Path, jobs: int, poll_s: float = 20.0) -> list[dict]:
-    """`dvc queue start -j JOBS`, then wait until nothing is queued or running."""
+    """`dvc queue start -j JOBS`, then wait until nothing is queued or running, and stop the workers.
+
+    The worker `dvc queue start` leaves running inherits its output: read through pipes, the command
+    would seem to last as long as the worker, so its output goes to a file. The worker stops itself
+    once its queue stays empty, watched by a thread of dvc-task's that can die (seen here: a
+    JSONDecodeError on a half-written message of the file broker), leaving it idle for ever; so
+    `dvc queue stop` ends it when the queue is done."""
     print(f"$ dvc queue start -j {jobs}", flush=True)
-    dvc(["queue", "start", "-j", str(jobs)], root)
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=root, env=_env(), stdout=out,
+                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if proc.returncode:
+            out.seek(0)
+            raise RuntimeError(f"dvc queue start -j {jobs} exited {proc.returncode}:\n{out.read()[-3000:]}")
     while True:
         rows = queue_status(root)
         pending = [r for r in rows if r["status"] in ("Queued", "Running")]
         if not pending:
+            dvc(["queue", "stop"], root, check=False)
             return rows
         done = sum(r["status"] == "Success" for r in rows)
         print(f"{time.strftime('%H:%M:%S')}  {done} done, {len(pending)} queued or running", flush=True)

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -140,6 +141,19 @@ def test_queue_commands_are_dvc_grids_over_seeds():
 
 
 @pytest.mark.slow
+def workers_in(repo: Path) -> list[int]:
+    """Pids of the DVC queue workers working in `repo`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"queue-worker" in (proc / "cmdline").read_bytes() \
+                    and Path(os.readlink(proc / "cwd")).resolve() == repo.resolve():
+                found.append(int(proc.name))
+        except OSError:
+            pass
+    return found
+
+
 def test_smoke_sweep_runs_queued_experiments_and_trains_each_seeds_diffusion_once(tmp_path):
     repo, out = tmp_path / "repo", tmp_path / "out"
     tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
@@ -162,6 +176,12 @@ def test_smoke_sweep_runs_queued_experiments_and_trains_each_seeds_diffusion_onc
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     status = subprocess.run(["dvc", "queue", "status"], cwd=repo, env=env, capture_output=True, text=True).stdout
     assert status.count("Success") == 2 and "Failed" not in status
+    assert "$ dvc queue start -j 1" in r.stdout and " done, " in r.stdout  # it polled while the queue ran
+    for _ in range(60):  # and stopped the queue's worker when the queue was done (never left idle)
+        if not workers_in(repo):
+            break
+        time.sleep(0.5)
+    assert not workers_in(repo), "a DVC queue worker outlived the sweep"
     record = json.loads((out / "runs.json").read_text())
     assert record["logs_found"] == 2 and record["sharing_problems"] == []
     runs = record["runs"]
