@@ -337,21 +337,22 @@ SAME = 1e-6  # a comparison's gr and a sweep's scale 0 of one seed agree to this
 
 
 def compare_rows(paths: list[str], fixed: dict, own: list[dict]) -> list[dict]:
-    """The `guide` and `gr` runs of paired comparisons (pipeline.compare's runs.json) as sweep rows:
-    gr at scale 0, guide at its params' guidance scale. A comparison belongs only if its preset with
-    its --set pairs is the sweep's params apart from the swept keys. On a seed where the sweep has a
-    scale-0 run of its own (`own`), the comparison's gr must equal it in every accuracy and replay
-    metric (within SAME) — the sign that both trained the same diffusion model and drew replay from
-    the same noise, so the comparison's guide pairs with the sweep's scale 0 — and it is left out
-    (the sweep's own stays). ValueError naming the file, the keys or the seed otherwise."""
-    own_zero = {int(r["seed"]): r for r in own if r["scale"] == 0 and r["scale_max"] is None}
+    """The `guide` runs of paired comparisons (pipeline.compare's runs.json) as sweep rows at their
+    params' guidance scale, for the seeds where the sweep (`own`: the rows gathered and included) has
+    no run at that point. A comparison belongs only if its preset with its --set pairs is the sweep's
+    params apart from the swept keys. Where the sweep has a scale-0 run of that seed, the comparison's
+    gr must equal it in every accuracy and replay metric (within SAME) — the sign that both trained the
+    same diffusion model and drew replay from the same noise, so the comparison's guide pairs with the
+    sweep's scale 0 — and the sweep's stays; where it has none, the comparison's gr joins as scale 0.
+    ValueError naming the file, the keys or the seed otherwise."""
+    mine = {(r["point"], int(r["seed"])): r for r in own}
     rows, seen = [], {}
     for path in paths:
         try:
             data = json.loads(Path(path).read_text())
-            runs, name = data["runs"], data["preset"]
-            sets = parse_sets(list(data.get("set", [])), name)
-            params = run_params(name, "guide", 0, sets)
+            name = data["preset"]
+            params = run_params(name, "guide", 0, parse_sets(list(data.get("set", [])), name))
+            runs = {(r["method"], int(r["seed"])): r for r in data["runs"] if r.get("method") in ("guide", "gr")}
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"--include-compare {path}: not a comparison's runs.json "
                              f"({type(e).__name__}: {e})") from None
@@ -361,34 +362,38 @@ def compare_rows(paths: list[str], fixed: dict, own: list[dict]) -> list[dict]:
             raise ValueError(f"--include-compare {path}: a comparison of other params ({', '.join(differ[:5])})")
         scale, top = params.guidance.scale, params.guidance.scale_max
         top = None if top is None or top == scale else top
-        for r in runs:
-            if r.get("method") not in ("guide", "gr"):
+        point = point_label(scale, top)
+        for (method, seed), r in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            if method != "guide" or (point, seed) in mine:
                 continue
-            seed = int(r["seed"])
-            guided = r["method"] == "guide"
-            row = {"name": f"compare {r['method']} seed {seed}", "seed": seed,
-                   "scale": scale if guided else 0.0, "scale_max": top if guided else None,
-                   **{k: r[k] for k in ACCURACY}, "ran": None, "restored": None,
-                   **{f"{view}_{k}": r[f"replay_{view}_{k}"] for view in ("guided", "unguided") for k in MECHANISM},
-                   "oracle_test_accuracy": r.get("oracle_test_accuracy")}
-            row["point"] = point_label(row["scale"], row["scale_max"])
-            row["mean_scale"] = row["scale"] if row["scale_max"] is None else (row["scale"] + row["scale_max"]) / 2
-            if (row["point"], seed) in seen:
-                raise ValueError(f"--include-compare {path}: point {row['point']} seed {seed} is already in "
-                                 f"{seen[row['point'], seed]}")
-            seen[row["point"], seed] = path
-            if not guided and seed in own_zero:
-                mine = own_zero[seed]
-                keys = [*ACCURACY, *(f"unguided_{k}" for k in MECHANISM)]
-                off = [k for k in keys if abs(float(row[k]) - float(mine[k])) > SAME]
+            if (point, seed) in seen:
+                raise ValueError(f"--include-compare {path}: point {point} seed {seed} is already in {seen[point, seed]}")
+            seen[point, seed] = path
+            gr, base = runs.get(("gr", seed)), mine.get(("0", seed))
+            if gr is None:
+                raise ValueError(f"--include-compare {path}: seed {seed}: no gr run to pair its guide run with")
+            theirs = compare_row(gr, seed, 0.0, None)
+            if base is None:  # the comparison's own pair
+                rows.append(theirs)
+            else:
+                off = [k for k in (*ACCURACY, *(f"unguided_{k}" for k in MECHANISM))
+                       if abs(float(theirs[k]) - float(base[k])) > SAME]
                 if off:
                     raise ValueError(
                         f"--include-compare {path}: seed {seed}: its gr is not this sweep's scale 0 "
-                        f"({off[0]} {row[off[0]]:.6f} vs {mine[off[0]]:.6f}), so its guide run did not share "
-                        "this sweep's diffusion model and replay noise: leave it out, or run the point here")
-                continue
-            rows.append(row)
+                        f"({off[0]} {theirs[off[0]]:.6f} vs {base[off[0]]:.6f}), so its guide run did not share "
+                        "this sweep's diffusion model and replay noise: run that point here instead")
+            rows.append(compare_row(r, seed, scale, top))
     return rows
+
+
+def compare_row(r: dict, seed: int, scale: float, top: float | None) -> dict:
+    """A comparison's run (its runs.json entry) as a sweep row at `scale` (U[scale, top] if `top`)."""
+    return {"name": f"compare {r['method']} seed {seed}", "seed": seed, "scale": scale, "scale_max": top,
+            "point": point_label(scale, top), "mean_scale": scale if top is None else (scale + top) / 2,
+            **{k: r[k] for k in ACCURACY}, "ran": None, "restored": None,
+            **{f"{view}_{k}": r[f"replay_{view}_{k}"] for view in ("guided", "unguided") for k in MECHANISM},
+            "oracle_test_accuracy": r.get("oracle_test_accuracy")}
 
 
 def gather(root: Path, out: Path, rev: str, params_path: str = "params.yaml", title: str | None = None,

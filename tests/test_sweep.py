@@ -105,32 +105,38 @@ def _compare_json(path, runs, preset_name="mnist5k", sets=()):
 
 
 def test_a_comparisons_guide_joins_at_its_scale_only_where_its_gr_is_the_sweeps_scale_zero(tmp_path):
-    """mnist5k's guide is scale 0.1: on seed 0 the comparison's gr equals the sweep's own scale 0 (kept,
-    the comparison's dropped) and its guide pairs with it; seed 1 has no sweep run, so the comparison's
-    pair joins whole."""
+    """mnist5k's guide is scale 0.1. Seed 0: the comparison's gr equals the sweep's own scale 0 (which
+    stays) and its guide pairs with it. Seed 1: the sweep has no run, so the comparison's pair joins
+    whole. Seed 2: the sweep ran 0.1 itself, so the comparison's runs of that seed are not used (its gr
+    differs there, and that is no error)."""
     fixed = fixed_params(flatten(preset("mnist5k", run={"method": "guide"}).model_dump(mode="json")))
-    own = [_row(0, 0.0, 0.60), _row(0, 0.5, 0.55)]
+    own = [_row(0, 0.0, 0.60), _row(0, 0.5, 0.55), _row(2, 0.0, 0.50), _row(2, 0.1, 0.52)]
     good = _compare_json(tmp_path / "c.json", [("guide", 0, 0.63, 0.5), ("gr", 0, 0.60, 0.5),
-                                              ("guide", 1, 0.70, 0.5), ("gr", 1, 0.68, 0.5)])
+                                              ("guide", 1, 0.70, 0.5), ("gr", 1, 0.68, 0.5),
+                                              ("guide", 2, 0.90, 0.5), ("gr", 2, 0.40, 0.5)])
     joined = compare_rows([good], fixed, own)
     assert sorted((r["point"], r["seed"]) for r in joined) == [("0", 1), ("0.1", 0), ("0.1", 1)]
     table = aggregate(merge_rows(own, joined)).set_index("point")
-    assert table.loc["0.1", "delta_final_average_accuracy"] == pytest.approx((0.03 + 0.02) / 2)
-    assert table.loc["0.1", "delta_final_average_accuracy_seeds"] == 2
+    assert table.loc["0.1", "delta_final_average_accuracy"] == pytest.approx((0.03 + 0.02 + 0.02) / 3)
+    assert table.loc["0.1", "delta_final_average_accuracy_seeds"] == 3
     other_gr = _compare_json(tmp_path / "d.json", [("guide", 0, 0.63, 0.5), ("gr", 0, 0.61, 0.5)])
     with pytest.raises(ValueError, match=r"d.json: seed 0: its gr is not this sweep's scale 0 \(final_average_accuracy"):
         compare_rows([other_gr], fixed, own)
-    other_replay = _compare_json(tmp_path / "e.json", [("gr", 0, 0.60, 0.4)])
+    other_replay = _compare_json(tmp_path / "e.json", [("guide", 0, 0.63, 0.5), ("gr", 0, 0.60, 0.4)])
     with pytest.raises(ValueError, match="seed 0.*unguided_oracle_label_prob"):
         compare_rows([other_replay], fixed, own)
+    unpaired = _compare_json(tmp_path / "u.json", [("guide", 1, 0.63, 0.5)])
+    with pytest.raises(ValueError, match="u.json: seed 1: no gr run"):
+        compare_rows([unpaired], fixed, own)
     changed = _compare_json(tmp_path / "f.json", [("gr", 1, 0.6, 0.5)], sets=["classifier.steps_first=300"])
     with pytest.raises(ValueError, match=r"f.json: a comparison of other params \(classifier.steps_first"):
         compare_rows([changed], fixed, own)
     fashion = _compare_json(tmp_path / "g.json", [("gr", 1, 0.6, 0.5)], preset_name="fashion_mnist5")
     with pytest.raises(ValueError, match=r"g.json: a comparison of other params \(data.dataset"):
         compare_rows([fashion], fixed, own)
-    with pytest.raises(ValueError, match=r"point 0.1 seed 0"):
-        merge_rows([*own, _row(0, 0.1, 0.6)], compare_rows([good], fixed, own))
+    with pytest.raises(ValueError, match=r"h.json: point 0.1 seed 1 is already in .*c.json"):
+        compare_rows([good, _compare_json(tmp_path / "h.json", [("guide", 1, 0.7, 0.5), ("gr", 1, 0.68, 0.5)])],
+                     fixed, own)
 
 
 def test_queue_commands_are_dvc_grids_over_seeds():
