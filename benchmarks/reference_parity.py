@@ -485,12 +485,19 @@ CHAIN_HINTS: dict[str, int] = {}
 def well_conditioned(key: str, draw_input, run, model, rounding: float):
     """The first input whose result is stable (`sensitivity` ≤ CONDITIONING["step"]): (input,
     run(input), sensitivity, attempt). draw_input(attempt) draws the input of an attempt."""
+    # an unguided step moves by about 1.6 × the UNets' rounding however tame its input (linear in ε), and
+    # that rounding is CPU-dependent (2e-6 to 5e-6 on Zen 4, 6.4e-6 on an Intel Xeon with AMX): allow
+    # twice it, up to 1.5e-5 — still below the test's float32 atol (2e-5), so a kept case is reproducible
+    allowed = min(max(CONDITIONING["step"], 2 * rounding), 1.5e-5)
+    seen = []
     for attempt in attempts(STEP_HINTS.get(key, 1)):
         x = draw_input(attempt)
         out, sens = sensitivity(run, x, model, rounding)
-        if sens <= CONDITIONING["step"]:
+        if sens <= allowed:
             return x, out, sens, attempt
-    raise RuntimeError(f"{key}: no well-conditioned input in 40 draws")
+        seen.append(sens)
+    raise RuntimeError(f"{key}: no well-conditioned input in 40 draws (sensitivity {min(seen):.3g} at best, "
+                       f"allowed {allowed:.3g}; the UNets' rounding here {rounding:.3g})")
 
 
 def case_networks(ref, our_resnet18) -> tuple[dict, dict]:

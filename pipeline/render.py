@@ -34,7 +34,7 @@ def stage_entry(st: Stage) -> dict:
 
 # The committed evidence (pipeline.sweep gather, per preset): `dvc plots show` renders it beside the
 # run's own plots. A file not there yet is skipped by DVC.
-SWEEPS = ("mnist5k", "fashion_mnist5")
+SWEEPS = ("mnist5k", "fashion_mnist5", "fashion_mnist5-faithful")
 
 
 def top_level_plots() -> list:

@@ -8,6 +8,8 @@ guidance help, and at which scale?".
     python -m pipeline.sweep run --preset mnist5k --out results/sweep/mnist5k   # what `make sweep` runs
     python -m pipeline.sweep gather --root sweep-work/mnist5k --include results/sweep/mnist5k/runs.json \
         --out results/sweep/mnist5k-more   # add new seeds or points to an earlier table
+    python -m pipeline.sweep gather --root sweep-work/fashion_mnist5 \
+        --include-compare results/compare/fashion_mnist5/runs.json --out ...   # a comparison's guide as a point
 
 With --preset, the sweep runs in a scratch repository (--workdir, default sweep-work/PRESET) that
 holds the project's tracked files and the preset's params.yaml, committed, and shares the project's
@@ -33,6 +35,7 @@ import json
 import math
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,7 +45,7 @@ from guide.io import atomic_path, atomic_write_json, atomic_write_text
 from guide.mechanism import STATS
 from guide.metrics import HEADLINE
 from params import PRESETS, ParamsError, dump_params, load_params, preset
-from pipeline.compare import RAN, RESTORED, ROOT, _env, markdown, read_runs, scratch_repo
+from pipeline.compare import RAN, RESTORED, ROOT, _env, markdown, parse_sets, read_runs, run_params, scratch_repo
 from pipeline.stats import paired_ci, seeds_higher
 
 SCALES = (0.0, 0.01, 0.03, 0.1, 0.3, 0.5, 1.0, 3.0)  # 0 = gr; well below and above the default; 0.5 = CIFAR-10/5
@@ -90,13 +93,25 @@ def queue_status(root: Path) -> list[dict]:
 
 
 def start_and_wait(root: Path, jobs: int, poll_s: float = 20.0) -> list[dict]:
-    """`dvc queue start -j JOBS`, then wait until nothing is queued or running."""
+    """`dvc queue start -j JOBS`, then wait until nothing is queued or running, and stop the workers.
+
+    The worker `dvc queue start` leaves running inherits its output: read through pipes, the command
+    would seem to last as long as the worker, so its output goes to a file. The worker stops itself
+    once its queue stays empty, watched by a thread of dvc-task's that can die (seen here: a
+    JSONDecodeError on a half-written message of the file broker), leaving it idle for ever; so
+    `dvc queue stop` ends it when the queue is done."""
     print(f"$ dvc queue start -j {jobs}", flush=True)
-    dvc(["queue", "start", "-j", str(jobs)], root)
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=root, env=_env(), stdout=out,
+                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        if proc.returncode:
+            out.seek(0)
+            raise RuntimeError(f"dvc queue start -j {jobs} exited {proc.returncode}:\n{out.read()[-3000:]}")
     while True:
         rows = queue_status(root)
         pending = [r for r in rows if r["status"] in ("Queued", "Running")]
         if not pending:
+            dvc(["queue", "stop"], root, check=False)
             return rows
         done = sum(r["status"] == "Success" for r in rows)
         print(f"{time.strftime('%H:%M:%S')}  {done} done, {len(pending)} queued or running", flush=True)
@@ -318,8 +333,71 @@ def merge_rows(gathered: list[dict], included: list[dict]) -> list[dict]:
     return sorted(gathered + included, key=row_order)
 
 
+SAME = 1e-6  # a comparison's gr and a sweep's scale 0 of one seed agree to this: the same run
+
+
+def compare_rows(paths: list[str], fixed: dict, own: list[dict]) -> list[dict]:
+    """The `guide` runs of paired comparisons (pipeline.compare's runs.json) as sweep rows at their
+    params' guidance scale, for the seeds where the sweep (`own`: the rows gathered and included) has
+    no run at that point. A comparison belongs only if its preset with its --set pairs is the sweep's
+    params apart from the swept keys. Where the sweep has a scale-0 run of that seed, the comparison's
+    gr must equal it in every accuracy and replay metric (within SAME) — the sign that both trained the
+    same diffusion model and drew replay from the same noise, so the comparison's guide pairs with the
+    sweep's scale 0 — and the sweep's stays; where it has none, the comparison's gr joins as scale 0.
+    ValueError naming the file, the keys or the seed otherwise."""
+    mine = {(r["point"], int(r["seed"])): r for r in own}
+    rows, seen = [], {}
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+            name = data["preset"]
+            params = run_params(name, "guide", 0, parse_sets(list(data.get("set", [])), name))
+            runs = {(r["method"], int(r["seed"])): r for r in data["runs"] if r.get("method") in ("guide", "gr")}
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"--include-compare {path}: not a comparison's runs.json "
+                             f"({type(e).__name__}: {e})") from None
+        theirs = fixed_params(flatten(params.model_dump(mode="json")))
+        differ = sorted(k for k in set(fixed) | set(theirs) if fixed.get(k) != theirs.get(k))
+        if differ:
+            raise ValueError(f"--include-compare {path}: a comparison of other params ({', '.join(differ[:5])})")
+        scale, top = params.guidance.scale, params.guidance.scale_max
+        top = None if top is None or top == scale else top
+        point = point_label(scale, top)
+        for (method, seed), r in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            if method != "guide" or (point, seed) in mine:
+                continue
+            if (point, seed) in seen:
+                raise ValueError(f"--include-compare {path}: point {point} seed {seed} is already in {seen[point, seed]}")
+            seen[point, seed] = path
+            gr, base = runs.get(("gr", seed)), mine.get(("0", seed))
+            if gr is None:
+                raise ValueError(f"--include-compare {path}: seed {seed}: no gr run to pair its guide run with")
+            theirs = compare_row(gr, seed, 0.0, None)
+            if base is None:  # the comparison's own pair
+                rows.append(theirs)
+            else:
+                off = [k for k in (*ACCURACY, *(f"unguided_{k}" for k in MECHANISM))
+                       if abs(float(theirs[k]) - float(base[k])) > SAME]
+                if off:
+                    raise ValueError(
+                        f"--include-compare {path}: seed {seed}: its gr is not this sweep's scale 0 "
+                        f"({off[0]} {theirs[off[0]]:.6f} vs {base[off[0]]:.6f}), so its guide run did not share "
+                        "this sweep's diffusion model and replay noise: run that point here instead")
+            rows.append(compare_row(r, seed, scale, top))
+    return rows
+
+
+def compare_row(r: dict, seed: int, scale: float, top: float | None) -> dict:
+    """A comparison's run (its runs.json entry) as a sweep row at `scale` (U[scale, top] if `top`)."""
+    return {"name": f"compare {r['method']} seed {seed}", "seed": seed, "scale": scale, "scale_max": top,
+            "point": point_label(scale, top), "mean_scale": scale if top is None else (scale + top) / 2,
+            **{k: r[k] for k in ACCURACY}, "ran": None, "restored": None,
+            **{f"{view}_{k}": r[f"replay_{view}_{k}"] for view in ("guided", "unguided") for k in MECHANISM},
+            "oracle_test_accuracy": r.get("oracle_test_accuracy")}
+
+
 def gather(root: Path, out: Path, rev: str, params_path: str = "params.yaml", title: str | None = None,
-           include: list[str] = ()) -> int:
+           include: list[str] = (), include_compare: list[str] = ()) -> int:
     base = load_params(root / params_path)
     base_flat = flatten(base.model_dump(mode="json"))
     title = title or f"{base.data.dataset}/{base.data.num_tasks}, guide"
@@ -333,6 +411,7 @@ def gather(root: Path, out: Path, rev: str, params_path: str = "params.yaml", ti
     logs = {e["name"]: stage_log(root, e["name"]) if e["name"] in status else None for e in exps}
     try:
         rows = merge_rows(run_rows(exps, logs), included)
+        rows = merge_rows(rows, compare_rows(list(include_compare), fixed_params(base_flat), rows))
     except ValueError as e:
         print(e, file=sys.stderr)
         return 2
@@ -345,7 +424,8 @@ def gather(root: Path, out: Path, rev: str, params_path: str = "params.yaml", ti
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "runs.json", {"title": title, "rev": rev, "runs": rows, "sharing_problems": problems,
                                           "logs_found": sum(v is not None for v in logs.values()),
-                                          "fixed_params": fixed_params(base_flat), "included": list(include)})
+                                          "fixed_params": fixed_params(base_flat), "included": list(include),
+                                          "included_compare": list(include_compare)})
     for name, frame in (("runs.csv", pd.DataFrame(rows).drop(columns=["ran", "restored"])), ("sweep.csv", table)):
         with atomic_path(out / name) as tmp:
             frame.to_csv(tmp, index=False, float_format="%.6g")
@@ -403,6 +483,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--title", help="plot title (default: dataset/tasks, guide)")
     ap.add_argument("--include", nargs="+", default=[], metavar="RUNS_JSON",
                     help="earlier gathers' runs.json (a sweep of the same params): their runs join the table")
+    ap.add_argument("--include-compare", nargs="+", default=[], metavar="RUNS_JSON",
+                    help="paired comparisons' runs.json (pipeline.compare, same params): their guide runs join "
+                         "at their scale, checked against this sweep's scale 0 on every seed both hold")
     args = ap.parse_args(argv)
     root = Path(args.root).resolve()
     if args.preset:
@@ -430,7 +513,8 @@ def main(argv: list[str] | None = None) -> int:
                   + ", ".join(r["name"] or r["task"] for r in failed), file=sys.stderr)
             return 1
     if args.action in ("run", "gather"):
-        return gather(root, Path(args.out), args.rev, title=args.title, include=args.include)
+        return gather(root, Path(args.out), args.rev, title=args.title, include=args.include,
+                      include_compare=args.include_compare)
     return 0
 
 

@@ -6,13 +6,15 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from params import dump_params, preset
-from pipeline.sweep import aggregate, load_included, merge_rows, queue_commands, select, sharing_problems
+from pipeline.sweep import (aggregate, compare_rows, fixed_params, flatten, load_included, merge_rows,
+                            queue_commands, select, sharing_problems)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -92,6 +94,51 @@ def test_an_include_of_another_sweep_is_refused_with_its_name(tmp_path):
         load_included([str(tmp_path / "bad.json")], fixed, "mnist5k/5, guide")
 
 
+def _compare_json(path, runs, preset_name="mnist5k", sets=()):
+    def run(method, seed, final, mech):
+        return {"method": method, "seed": seed, "final_average_accuracy": final, "average_incremental_accuracy": final,
+                "forgetting": 1 - final, "oracle_test_accuracy": 0.9,
+                **{f"replay_{v}_{k}": mech for v in ("guided", "unguided") for k in
+                   ("oracle_label_prob", "oracle_accuracy", "current_mass", "current_pred_fraction")}}
+    path.write_text(json.dumps({"preset": preset_name, "set": list(sets), "runs": [run(*r) for r in runs]}))
+    return str(path)
+
+
+def test_a_comparisons_guide_joins_at_its_scale_only_where_its_gr_is_the_sweeps_scale_zero(tmp_path):
+    """mnist5k's guide is scale 0.1. Seed 0: the comparison's gr equals the sweep's own scale 0 (which
+    stays) and its guide pairs with it. Seed 1: the sweep has no run, so the comparison's pair joins
+    whole. Seed 2: the sweep ran 0.1 itself, so the comparison's runs of that seed are not used (its gr
+    differs there, and that is no error)."""
+    fixed = fixed_params(flatten(preset("mnist5k", run={"method": "guide"}).model_dump(mode="json")))
+    own = [_row(0, 0.0, 0.60), _row(0, 0.5, 0.55), _row(2, 0.0, 0.50), _row(2, 0.1, 0.52)]
+    good = _compare_json(tmp_path / "c.json", [("guide", 0, 0.63, 0.5), ("gr", 0, 0.60, 0.5),
+                                              ("guide", 1, 0.70, 0.5), ("gr", 1, 0.68, 0.5),
+                                              ("guide", 2, 0.90, 0.5), ("gr", 2, 0.40, 0.5)])
+    joined = compare_rows([good], fixed, own)
+    assert sorted((r["point"], r["seed"]) for r in joined) == [("0", 1), ("0.1", 0), ("0.1", 1)]
+    table = aggregate(merge_rows(own, joined)).set_index("point")
+    assert table.loc["0.1", "delta_final_average_accuracy"] == pytest.approx((0.03 + 0.02 + 0.02) / 3)
+    assert table.loc["0.1", "delta_final_average_accuracy_seeds"] == 3
+    other_gr = _compare_json(tmp_path / "d.json", [("guide", 0, 0.63, 0.5), ("gr", 0, 0.61, 0.5)])
+    with pytest.raises(ValueError, match=r"d.json: seed 0: its gr is not this sweep's scale 0 \(final_average_accuracy"):
+        compare_rows([other_gr], fixed, own)
+    other_replay = _compare_json(tmp_path / "e.json", [("guide", 0, 0.63, 0.5), ("gr", 0, 0.60, 0.4)])
+    with pytest.raises(ValueError, match="seed 0.*unguided_oracle_label_prob"):
+        compare_rows([other_replay], fixed, own)
+    unpaired = _compare_json(tmp_path / "u.json", [("guide", 1, 0.63, 0.5)])
+    with pytest.raises(ValueError, match="u.json: seed 1: no gr run"):
+        compare_rows([unpaired], fixed, own)
+    changed = _compare_json(tmp_path / "f.json", [("gr", 1, 0.6, 0.5)], sets=["classifier.steps_first=300"])
+    with pytest.raises(ValueError, match=r"f.json: a comparison of other params \(classifier.steps_first"):
+        compare_rows([changed], fixed, own)
+    fashion = _compare_json(tmp_path / "g.json", [("gr", 1, 0.6, 0.5)], preset_name="fashion_mnist5")
+    with pytest.raises(ValueError, match=r"g.json: a comparison of other params \(data.dataset"):
+        compare_rows([fashion], fixed, own)
+    with pytest.raises(ValueError, match=r"h.json: point 0.1 seed 1 is already in .*c.json"):
+        compare_rows([good, _compare_json(tmp_path / "h.json", [("guide", 1, 0.7, 0.5), ("gr", 1, 0.68, 0.5)])],
+                     fixed, own)
+
+
 def test_queue_commands_are_dvc_grids_over_seeds():
     cmds = queue_commands([(0.0, None), (0.0, 0.5)], [0, 1, 2])
     assert cmds[0] == ["exp", "run", "--queue", "-S", "guidance.scale=0", "-S", "guidance.scale_max=null",
@@ -100,6 +147,19 @@ def test_queue_commands_are_dvc_grids_over_seeds():
 
 
 @pytest.mark.slow
+def workers_in(repo: Path) -> list[int]:
+    """Pids of the DVC queue workers working in `repo`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and b"queue-worker" in (proc / "cmdline").read_bytes() \
+                    and Path(os.readlink(proc / "cwd")).resolve() == repo.resolve():
+                found.append(int(proc.name))
+        except OSError:
+            pass
+    return found
+
+
 def test_smoke_sweep_runs_queued_experiments_and_trains_each_seeds_diffusion_once(tmp_path):
     repo, out = tmp_path / "repo", tmp_path / "out"
     tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
@@ -122,6 +182,12 @@ def test_smoke_sweep_runs_queued_experiments_and_trains_each_seeds_diffusion_onc
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     status = subprocess.run(["dvc", "queue", "status"], cwd=repo, env=env, capture_output=True, text=True).stdout
     assert status.count("Success") == 2 and "Failed" not in status
+    assert "$ dvc queue start -j 1" in r.stdout and " done, " in r.stdout  # it polled while the queue ran
+    for _ in range(60):  # and stopped the queue's worker when the queue was done (never left idle)
+        if not workers_in(repo):
+            break
+        time.sleep(0.5)
+    assert not workers_in(repo), "a DVC queue worker outlived the sweep"
     record = json.loads((out / "runs.json").read_text())
     assert record["logs_found"] == 2 and record["sharing_problems"] == []
     runs = record["runs"]
