@@ -67,6 +67,12 @@ def point_label(scale: float, scale_max: float | None) -> str:
     return f"{scale:g}" if scale_max is None or scale_max == scale else f"U[{scale:g}, {scale_max:g}]"
 
 
+def point_fields(scale: float, scale_max: float | None) -> dict:
+    """A row's point: its scale, range top (None for a fixed scale), label and mean scale."""
+    return {"scale": scale, "scale_max": scale_max, "point": point_label(scale, scale_max),
+            "mean_scale": scale if scale_max is None else (scale + scale_max) / 2}
+
+
 # --- queue and run ---------------------------------------------------------------------------
 def queue_commands(points: list[tuple[float, float | None]], seeds: list[int]) -> list[list[str]]:
     """One `dvc exp run --queue` per point, with the seeds as a DVC grid."""
@@ -174,8 +180,7 @@ def run_rows(exps: list[dict], logs: dict[str, str | None]) -> list[dict]:
         scale, scale_max = float(p["guidance.scale"]), p.get("guidance.scale_max")
         scale_max = None if scale_max is None or float(scale_max) == scale else float(scale_max)
         log = logs.get(e["name"])
-        row = {"name": e["name"], "seed": int(p["run.seed"]), "scale": scale, "scale_max": scale_max,
-               "point": point_label(scale, scale_max), "mean_scale": scale if scale_max is None else (scale + scale_max) / 2,
+        row = {"name": e["name"], "seed": int(p["run.seed"]), **point_fields(scale, scale_max),
                **{k: s[k] for k in ACCURACY},
                "ran": RAN.findall(log) if log is not None else None,
                "restored": RESTORED.findall(log) if log is not None else None}
@@ -363,7 +368,7 @@ def compare_rows(paths: list[str], fixed: dict, own: list[dict]) -> list[dict]:
         scale, top = params.guidance.scale, params.guidance.scale_max
         top = None if top is None or top == scale else top
         point = point_label(scale, top)
-        for (method, seed), r in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        for (method, seed), r in sorted(runs.items()):
             if method != "guide" or (point, seed) in mine:
                 continue
             if (point, seed) in seen:
@@ -372,16 +377,16 @@ def compare_rows(paths: list[str], fixed: dict, own: list[dict]) -> list[dict]:
             gr, base = runs.get(("gr", seed)), mine.get(("0", seed))
             if gr is None:
                 raise ValueError(f"--include-compare {path}: seed {seed}: no gr run to pair its guide run with")
-            theirs = compare_row(gr, seed, 0.0, None)
+            unguided = compare_row(gr, seed, 0.0, None)
             if base is None:  # the comparison's own pair
-                rows.append(theirs)
+                rows.append(unguided)
             else:
                 off = [k for k in (*ACCURACY, *(f"unguided_{k}" for k in MECHANISM))
-                       if abs(float(theirs[k]) - float(base[k])) > SAME]
+                       if abs(float(unguided[k]) - float(base[k])) > SAME]
                 if off:
                     raise ValueError(
                         f"--include-compare {path}: seed {seed}: its gr is not this sweep's scale 0 "
-                        f"({off[0]} {theirs[off[0]]:.6f} vs {base[off[0]]:.6f}), so its guide run did not share "
+                        f"({off[0]} {unguided[off[0]]:.6f} vs {base[off[0]]:.6f}), so its guide run did not share "
                         "this sweep's diffusion model and replay noise: run that point here instead")
             rows.append(compare_row(r, seed, scale, top))
     return rows
@@ -389,8 +394,7 @@ def compare_rows(paths: list[str], fixed: dict, own: list[dict]) -> list[dict]:
 
 def compare_row(r: dict, seed: int, scale: float, top: float | None) -> dict:
     """A comparison's run (its runs.json entry) as a sweep row at `scale` (U[scale, top] if `top`)."""
-    return {"name": f"compare {r['method']} seed {seed}", "seed": seed, "scale": scale, "scale_max": top,
-            "point": point_label(scale, top), "mean_scale": scale if top is None else (scale + top) / 2,
+    return {"name": f"compare {r['method']} seed {seed}", "seed": seed, **point_fields(scale, top),
             **{k: r[k] for k in ACCURACY}, "ran": None, "restored": None,
             **{f"{view}_{k}": r[f"replay_{view}_{k}"] for view in ("guided", "unguided") for k in MECHANISM},
             "oracle_test_accuracy": r.get("oracle_test_accuracy")}
@@ -485,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="earlier gathers' runs.json (a sweep of the same params): their runs join the table")
     ap.add_argument("--include-compare", nargs="+", default=[], metavar="RUNS_JSON",
                     help="paired comparisons' runs.json (pipeline.compare, same params): their guide runs join "
-                         "at their scale, checked against this sweep's scale 0 on every seed both hold")
+                         "at their scale on the seeds this sweep lacks there, each paired through its gr run")
     args = ap.parse_args(argv)
     root = Path(args.root).resolve()
     if args.preset:
