@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import subprocess
 import sys
 import tempfile
@@ -98,14 +99,26 @@ def queue_status(root: Path) -> list[dict]:
                 for e in repo.experiments.celery_queue.status()]
 
 
-def start_and_wait(root: Path, jobs: int, poll_s: float = 20.0) -> list[dict]:
-    """`dvc queue start -j JOBS`, then wait until nothing is queued or running, and stop the workers.
+def live_workers(root: Path) -> list[int]:
+    """Pids of this repository's DVC queue workers that are still running, from the records dvc-task
+    keeps of the workers it spawned (.dvc/tmp/exps/celery/dvc-exp-worker-N.json: pid, and the return
+    code once it has exited)."""
+    alive = []
+    for info in sorted((root / ".dvc" / "tmp" / "exps" / "celery").glob("dvc-exp-worker-*.json")):
+        try:
+            record = json.loads(info.read_text())
+            pid = int(record["pid"])
+            if record.get("returncode") is None:
+                os.kill(pid, 0)  # raises if no such process
+                alive.append(pid)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return alive
 
-    The worker `dvc queue start` leaves running inherits its output: read through pipes, the command
-    would seem to last as long as the worker, so its output goes to a file. The worker stops itself
-    once its queue stays empty, watched by a thread of dvc-task's that can die (seen here: a
-    JSONDecodeError on a half-written message of the file broker), leaving it idle for ever; so
-    `dvc queue stop` ends it when the queue is done."""
+
+def start_workers(root: Path, jobs: int) -> None:
+    """`dvc queue start -j JOBS`. The worker it leaves running inherits its output: read through pipes,
+    the command would seem to last as long as the worker, so its output goes to a file."""
     print(f"$ dvc queue start -j {jobs}", flush=True)
     with tempfile.TemporaryFile("w+") as out:
         proc = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=root, env=_env(), stdout=out,
@@ -113,12 +126,39 @@ def start_and_wait(root: Path, jobs: int, poll_s: float = 20.0) -> list[dict]:
         if proc.returncode:
             out.seek(0)
             raise RuntimeError(f"dvc queue start -j {jobs} exited {proc.returncode}:\n{out.read()[-3000:]}")
+
+
+def start_and_wait(root: Path, jobs: int, poll_s: float = 20.0, status=None, workers=None, start=None) -> list[dict]:
+    """Start the queue's workers, wait until nothing is queued or running, and stop them.
+
+    Two ways a DVC queue stalls, both seen in the Fashion sweep, are handled here. The worker stops
+    itself once its queue stays empty, watched by a thread of dvc-task's that can die (a JSONDecodeError
+    on a half-written message of the file broker), leaving it idle for ever: so `dvc queue stop` ends
+    it when the queue is done. And `dvc queue stop` broadcasts a shutdown through the file broker that
+    stays there when no worker takes it; the next worker of that repository (same node name) takes it
+    on start-up and exits after its first task, leaving the rest queued with no one to run them: so a
+    queue with tasks waiting, none running and no live worker for two looks in a row is started again,
+    and the stop at the end is sent only while a worker is alive.
+    `status`, `workers` and `start` replace queue_status, live_workers and start_workers (tests)."""
+    status = status or queue_status
+    workers = workers or live_workers
+    start = start or start_workers
+    start(root, jobs)
+    stalled = 0
     while True:
-        rows = queue_status(root)
+        rows = status(root)
         pending = [r for r in rows if r["status"] in ("Queued", "Running")]
         if not pending:
-            dvc(["queue", "stop"], root, check=False)
+            if workers(root):
+                dvc(["queue", "stop"], root, check=False)
             return rows
+        waiting = not any(r["status"] == "Running" for r in rows) and not workers(root)
+        stalled = stalled + 1 if waiting else 0
+        if stalled >= 2:
+            print(f"{time.strftime('%H:%M:%S')}  {len(pending)} queued, none running and no live worker: "
+                  "starting the queue again", flush=True)
+            start(root, jobs)
+            stalled = 0
         done = sum(r["status"] == "Success" for r in rows)
         print(f"{time.strftime('%H:%M:%S')}  {done} done, {len(pending)} queued or running", flush=True)
         time.sleep(poll_s)

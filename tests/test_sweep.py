@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 
 from params import dump_params, preset
-from pipeline.sweep import (aggregate, compare_rows, fixed_params, flatten, load_included, merge_rows,
-                            queue_commands, select, sharing_problems)
+import pipeline.sweep as sweep
+from pipeline.sweep import (aggregate, compare_rows, fixed_params, flatten, live_workers, load_included,
+                            merge_rows, queue_commands, select, sharing_problems, start_and_wait)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -146,7 +147,6 @@ def test_queue_commands_are_dvc_grids_over_seeds():
     assert "guidance.scale_max=0.5" in cmds[1]
 
 
-@pytest.mark.slow
 def workers_in(repo: Path) -> list[int]:
     """Pids of the DVC queue workers working in `repo`."""
     found = []
@@ -160,6 +160,49 @@ def workers_in(repo: Path) -> list[int]:
     return found
 
 
+def _queue(*statuses):
+    return [{"task": f"t{i}", "name": f"e{i}", "status": st} for i, st in enumerate(statuses)]
+
+
+def test_a_queue_whose_worker_left_is_started_again_and_a_stop_goes_only_to_a_live_worker(monkeypatch):
+    # the worker took a stale shutdown and exited after its first task: two tasks wait, no one runs them
+    looks = iter([_queue("Running", "Queued", "Queued"), _queue("Success", "Queued", "Queued"),
+                  _queue("Success", "Queued", "Queued"), _queue("Success", "Queued", "Queued"),
+                  _queue("Success", "Running", "Queued"), _queue("Success", "Success", "Success")])
+    # asked only when nothing runs, and at the end: first a worker between two tasks (no restart)
+    alive = iter([[11], [], [], []])
+    started, sent = [], []
+    monkeypatch.setattr(sweep, "dvc", lambda args, root, check=True: sent.append(args))
+    rows = start_and_wait(Path("."), 1, poll_s=0, status=lambda root: next(looks),
+                          workers=lambda root: next(alive), start=lambda root, jobs: started.append(jobs))
+    assert len(started) == 2  # at the start, and once after two looks with tasks waiting and no worker
+    assert [r["status"] for r in rows] == ["Success"] * 3
+    assert sent == []  # no worker at the end: a stop would stay in the broker for the next one
+
+
+def test_the_queue_is_stopped_when_done_while_its_worker_lives(monkeypatch):
+    looks = iter([_queue("Running"), _queue("Success")])
+    sent = []
+    monkeypatch.setattr(sweep, "dvc", lambda args, root, check=True: sent.append(args))
+    start_and_wait(Path("."), 1, poll_s=0, status=lambda root: next(looks), workers=lambda root: [7],
+                   start=lambda root, jobs: None)
+    assert sent == [["queue", "stop"]]
+
+
+def test_live_workers_are_the_recorded_ones_still_running(tmp_path):
+    d = tmp_path / ".dvc" / "tmp" / "exps" / "celery"
+    d.mkdir(parents=True)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    (d / "dvc-exp-worker-1.json").write_text(json.dumps({"pid": os.getpid(), "returncode": None}))
+    (d / "dvc-exp-worker-2.json").write_text(json.dumps({"pid": os.getpid(), "returncode": 0}))  # exited
+    (d / "dvc-exp-worker-3.json").write_text(json.dumps({"pid": int(gone), "returncode": None}))  # no process
+    (d / "dvc-exp-worker-4.json").write_text("{")  # half-written
+    assert live_workers(tmp_path) == [os.getpid()]
+    assert live_workers(tmp_path / "nowhere") == []
+
+
+@pytest.mark.slow
 def test_smoke_sweep_runs_queued_experiments_and_trains_each_seeds_diffusion_once(tmp_path):
     repo, out = tmp_path / "repo", tmp_path / "out"
     tracked = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
