@@ -69,7 +69,9 @@ def point_label(scale: float, scale_max: float | None) -> str:
 
 
 def point_fields(scale: float, scale_max: float | None) -> dict:
-    """A row's point: its scale, range top (None for a fixed scale), label and mean scale."""
+    """A row's point: its scale, range top (None for a fixed scale, and for a range whose top is its
+    scale), label and mean scale."""
+    scale_max = None if scale_max is None or scale_max == scale else scale_max
     return {"scale": scale, "scale_max": scale_max, "point": point_label(scale, scale_max),
             "mean_scale": scale if scale_max is None else (scale + scale_max) / 2}
 
@@ -218,7 +220,7 @@ def run_rows(exps: list[dict], logs: dict[str, str | None]) -> list[dict]:
     for e in exps:
         p, s = e["params"], e["summary"]
         scale, scale_max = float(p["guidance.scale"]), p.get("guidance.scale_max")
-        scale_max = None if scale_max is None or float(scale_max) == scale else float(scale_max)
+        scale_max = None if scale_max is None else float(scale_max)
         log = logs.get(e["name"])
         row = {"name": e["name"], "seed": int(p["run.seed"]), **point_fields(scale, scale_max),
                **{k: s[k] for k in ACCURACY},
@@ -406,7 +408,6 @@ def compare_rows(paths: list[str], fixed: dict, own: list[dict]) -> list[dict]:
         if differ:
             raise ValueError(f"--include-compare {path}: a comparison of other params ({', '.join(differ[:5])})")
         scale, top = params.guidance.scale, params.guidance.scale_max
-        top = None if top is None or top == scale else top
         point = point_label(scale, top)
         for (method, seed), r in sorted(runs.items()):
             if method != "guide" or (point, seed) in mine:
